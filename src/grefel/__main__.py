@@ -1,0 +1,3 @@
+from grefel.cli import main
+
+raise SystemExit(main())
