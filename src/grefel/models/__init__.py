@@ -1,0 +1,26 @@
+"""Model presets. Importing this package registers them."""
+
+from grefel.models.grefel import GReFEL, GReFELConfig
+from grefel.models.grefel_vit import GReFELViT, GReFELViTConfig
+from grefel.models.registry import (ModelSpec, create_model, list_models, load_landmark_weights, model_config,
+                                    model_spec, register_model)
+from grefel.models.reliability import GReFELOutput, ReliabilityHead, kappa
+
+register_model(ModelSpec(
+    "grefel_paper", GReFEL, GReFELConfig, {},
+    "POSTER++ sizes: 224 input, branches at 112, IR-50 stages 1-3, D=768, windows 28/14/7, K=10",
+))
+register_model(ModelSpec(
+    "grefel_small", GReFEL, GReFELConfig,
+    dict(input_size=64, branch_size=64, ir_stem=32, ir_widths=(32, 64, 128), ir_units=(1, 2, 2),
+         cross_heads=(1, 2, 4), embed_dim=192, num_heads=4, layer_scale=0.1),
+    "CPU-trainable GReFEL: same structure, 64 input, light IR, D=192",
+))
+register_model(ModelSpec(
+    "grefel_vit", GReFELViT, GReFELViTConfig, {},
+    "classic GReFEL scripts: ViT-Base/16 image backbone queried by the landmark maps",
+))
+
+__all__ = ["GReFEL", "GReFELConfig", "GReFELViT", "GReFELViTConfig", "GReFELOutput", "ModelSpec",
+           "ReliabilityHead", "create_model", "kappa", "list_models", "load_landmark_weights",
+           "model_config", "model_spec", "register_model"]

@@ -1,0 +1,188 @@
+"""GReFEL with the POSTER++ feature extractor (method spec, section 1).
+
+Shapes in comments are for the paper preset: input 224, both branches at 112,
+D = 768, windows 28/14/7.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grefel.models.cross_attention import CrossAttentionBlock
+from grefel.models.ir import IRBackbone
+from grefel.models.layers import Block, SqueezeExcitation, init_transformer_weights
+from grefel.models.mobilefacenet import MobileFaceNet
+from grefel.models.reliability import GReFELOutput, ReliabilityHead
+
+LANDMARK_CHANNELS = (64, 128, 512)  # MobileFaceNet maps at strides 4, 8, 16
+
+
+@dataclass
+class GReFELConfig:
+    num_classes: int = 8
+    in_chans: int = 3                 # 1 (grey) or 3 (RGB); grey is repeated for the landmark branch
+    input_size: int = 224             # model input, square, values in [0, 1]
+    branch_size: int = 112            # the image branch sees the input resized to this
+    landmark_size: int | None = None  # the landmark branch's input size (None: branch_size); its maps
+                                      # are resampled to the image maps when the two differ
+    mean: float = 0.5                 # image-branch normalisation, done inside the model
+    std: float = 0.5
+    ir_stem: int = 64
+    ir_widths: tuple[int, int, int] = (64, 128, 256)
+    ir_units: tuple[int, int, int] = (3, 4, 14)
+    cross_heads: tuple[int, int, int] = (2, 4, 8)
+    cross_mlp_ratio: float = 4.0
+    cross_drop_path: tuple[float, float, float] = (0.0, 0.125, 0.25)
+    layer_scale: float = 1e-5
+    embed_dim: int = 768
+    depth: int = 2
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0            # fusion ViT stochastic depth (max, linear over blocks)
+    dropout: float = 0.5              # primary head
+    num_anchors: int = 10
+    tau: float = 1.0
+    delta: float = 1.0
+    attention_heads: int = 1
+
+    @property
+    def windows(self) -> tuple[int, int, int]:
+        return (self.branch_size // 4, self.branch_size // 8, self.branch_size // 16)
+
+
+def primary_head(dim: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """MLP D -> D/2 -> D/4 -> D/8 -> C; each hidden layer Linear, ReLU, BatchNorm1d, Dropout."""
+    layers: list[nn.Module] = []
+    width = dim
+    for _ in range(3):
+        layers += [nn.Linear(width, width // 2), nn.ReLU(inplace=True), nn.BatchNorm1d(width // 2), nn.Dropout(dropout)]
+        width //= 2
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def resample(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize square maps to `size`. Whole-factor shrinking averages (anti-aliased, exact in ONNX);
+    anything else is bilinear, since ONNX has no anti-aliased or fractional adaptive pooling."""
+    current = x.shape[-1]
+    if current == size:
+        return x
+    if current > size and current % size == 0:
+        return F.avg_pool2d(x, current // size)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+class FrozenLandmarks(nn.Module):
+    """The MobileFaceNet landmark branch: no gradients, always in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = MobileFaceNet()
+        self.net.requires_grad_(False)
+        self.net.eval()
+
+    def train(self, mode: bool = True) -> "FrozenLandmarks":
+        # model.train() must not switch the frozen network's BN layers to batch statistics.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.net.features(x)
+
+
+class InputSpec(nn.Module):
+    """Checks the input contract and turns it into each branch's input."""
+
+    def __init__(self, preset: str, in_chans: int, input_size: int, mean: float, std: float):
+        super().__init__()
+        self.preset, self.in_chans, self.input_size = preset, in_chans, input_size
+        self.mean, self.std = mean, std
+
+    def check(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_chans or tuple(x.shape[-2:]) != (self.input_size,) * 2:
+            raise ValueError(f"{self.preset} expects input of shape (B, {self.in_chans}, {self.input_size}, "
+                             f"{self.input_size}) with values in [0, 1], got {tuple(x.shape)}")
+
+    def resize(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        return resample(x, size).contiguous(memory_format=torch.channels_last)
+
+    def landmark_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # RGB in [0, 1]
+
+    def image_input(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class GReFEL(nn.Module):
+    def __init__(self, config: GReFELConfig, preset: str = "grefel"):
+        super().__init__()
+        self.config, self.preset = config, preset
+        cfg = config
+        if cfg.branch_size % 16:
+            raise ValueError(f"branch_size must be a multiple of 16, got {cfg.branch_size}")
+        D, widths = cfg.embed_dim, cfg.ir_widths
+        self.input_spec = InputSpec(preset, cfg.in_chans, cfg.input_size, cfg.mean, cfg.std)
+        self.landmarks = FrozenLandmarks()
+        self.image_backbone = IRBackbone(cfg.in_chans, cfg.ir_stem, widths, cfg.ir_units)
+        # Image maps come out at strides 2/4/8; a stride-2 conv per scale meets the landmark maps at 4/8/16.
+        self.image_downsample = nn.ModuleList(nn.Conv2d(w, w, 3, 2, 1) for w in widths)
+        # The 512-channel deepest landmark map gets the paper's trainable 3x3 conv; shallower maps
+        # need a 1x1 projection only when a light preset narrows the image widths.
+        self.landmark_proj = nn.ModuleList([
+            nn.Identity() if LANDMARK_CHANNELS[0] == widths[0] else nn.Conv2d(LANDMARK_CHANNELS[0], widths[0], 1),
+            nn.Identity() if LANDMARK_CHANNELS[1] == widths[1] else nn.Conv2d(LANDMARK_CHANNELS[1], widths[1], 1),
+            nn.Conv2d(LANDMARK_CHANNELS[2], widths[2], 3, 1, 1),
+        ])
+        self.cross_blocks = nn.ModuleList(
+            CrossAttentionBlock(w, h, win, cfg.cross_mlp_ratio, dp, cfg.layer_scale)
+            for w, h, win, dp in zip(widths, cfg.cross_heads, cfg.windows, cfg.cross_drop_path))
+        self.to_tokens = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(widths[0], D, 3, 2, 1), nn.Conv2d(D, D, 3, 2, 1)),
+            nn.Conv2d(widths[1], D, 3, 2, 1),
+            nn.Conv2d(widths[2], D, 1),
+        ])
+        num_tokens = 3 * cfg.windows[2] ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, D))
+        self.blocks = nn.Sequential(*[
+            Block(D, cfg.num_heads, cfg.mlp_ratio, drop_path=cfg.drop_path * i / max(cfg.depth - 1, 1))
+            for i in range(cfg.depth)])
+        self.norm = nn.LayerNorm(D, eps=1e-6)
+        self.se = SqueezeExcitation(D)
+        self.head = primary_head(D, cfg.num_classes, cfg.dropout)
+        self.reliability = ReliabilityHead(D, cfg.num_classes, cfg.num_anchors, cfg.tau, cfg.delta,
+                                           cfg.attention_heads)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        init_transformer_weights(self.blocks)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, S, S) in [0, 1] -> embedding e (B, D)."""
+        self.input_spec.check(x)
+        cfg = self.config
+        xl = self.input_spec.resize(x, cfg.landmark_size or cfg.branch_size)
+        lm = self.landmarks(self.input_spec.landmark_input(xl))                 # 64x28x28, 128x14x14, 512x7x7
+        lm = [resample(f, w) for f, w in zip(lm, cfg.windows)]
+        x = self.input_spec.resize(x, cfg.branch_size)                          # (B, c, 112, 112)
+        img = self.image_backbone(self.input_spec.image_input(x))               # 64x56x56, 128x28x28, 256x14x14
+        tokens = []
+        for down, proj, cross, embed, fi, fl in zip(self.image_downsample, self.landmark_proj,
+                                                    self.cross_blocks, self.to_tokens, img, lm):
+            y = cross(down(fi), proj(fl))                                       # (B, W, W, C)
+            tokens.append(embed(y.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2))  # (B, 49, D)
+        t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1)] + tokens, 1) + self.pos_embed  # (B, 148, D)
+        t = self.norm(self.blocks(t))
+        return self.se(t[:, 0])                                                 # (B, D)
+
+    def forward(self, x: torch.Tensor, trust: float = 1.0) -> GReFELOutput:
+        e = self.forward_features(x)
+        return self.reliability(e, self.head(e), trust)
+
+    def feature_extractor_parameters(self) -> int:
+        """Parameters of everything before the heads (what POSTER++'s 43.7 M counts)."""
+        heads = {id(p) for m in (self.head, self.reliability) for p in m.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in heads)

@@ -1,0 +1,80 @@
+"""Named model presets: `create_model("grefel_small")`, `list_models()`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from grefel.config import from_dict
+from grefel.errors import ConfigError, WeightsError
+from grefel.fileio import load_state_dict
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[[Any, str], nn.Module]   # (config, preset name) -> model
+    config_class: type
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec) -> None:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model preset {spec.name!r} registered twice")
+    _REGISTRY[spec.name] = spec
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model preset {name!r}; available: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def model_config(name: str, **overrides: Any) -> Any:
+    """The preset's config dataclass with `overrides` applied (checked like YAML input)."""
+    spec = model_spec(name)
+    base = dataclasses.asdict(spec.config_class(**spec.defaults))
+    return from_dict(spec.config_class, {**base, **overrides}, where=f"model {name}")
+
+
+def shipped_landmark_weights() -> Path:
+    return Path(str(resources.files("grefel") / "weights" / "mobilefacenet_landmark68.safetensors"))
+
+
+def load_landmark_weights(model: nn.Module, path: str | Path) -> None:
+    """Load the 68-point MobileFaceNet into `model.landmarks.net` strictly (all 333 tensors)."""
+    state = load_state_dict(path)
+    net = model.landmarks.net
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{label} {', '.join(keys[:3])}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise WeightsError(f"{path}: not a MobileFaceNet landmark state_dict: " + "; ".join(parts))
+    net.load_state_dict(state, strict=True)
+
+
+def create_model(name: str, *, landmark_weights: str | Path | None = "shipped", **overrides: Any) -> nn.Module:
+    """Build preset `name`. The frozen landmark branch loads the shipped 68-point weights
+    unless `landmark_weights` names another file, or is None (left random, e.g. before
+    loading a full checkpoint that contains them)."""
+    spec = model_spec(name)
+    model = spec.build(model_config(name, **overrides), name)
+    if landmark_weights is not None:
+        load_landmark_weights(model, shipped_landmark_weights() if landmark_weights == "shipped" else landmark_weights)
+    return model

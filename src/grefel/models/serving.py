@@ -1,0 +1,57 @@
+"""The inference view of a trained model: images in, calibrated probabilities out.
+
+The same module is what `grefel predict` runs in PyTorch and what `grefel
+export` writes to ONNX, so both backends compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grefel.fileio import atomic_open
+from grefel.models.reliability import EPS
+
+SERVE_CHOICES = ("primary", "corrected")
+
+
+class ServingModel(nn.Module):
+    """Eval-mode wrapper: (B, C_in, S, S) in [0, 1] -> (B, classes) probabilities.
+
+    `serve` picks argmax l_p ("primary", what ARBEx predicts) or the anchor-corrected
+    distribution ("corrected"); `temperature` is the fitted calibration
+    temperature, applied to the primary logits or to the log of the corrected
+    distribution.
+    """
+
+    def __init__(self, model: nn.Module, serve: str = "primary", temperature: float = 1.0):
+        super().__init__()
+        if serve not in SERVE_CHOICES:
+            raise ValueError(f"serve must be one of {SERVE_CHOICES}, got {serve!r}")
+        self.model = model.eval()
+        self.serve = serve
+        self.temperature = float(temperature)
+
+    def train(self, mode: bool = True) -> "ServingModel":
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        logits = out.logits if self.serve == "primary" else out.corrected.clamp_min(EPS).log()
+        return F.softmax(logits / self.temperature, dim=-1)
+
+
+def export_onnx(serving: ServingModel, path: str | Path, input_shape: tuple[int, int, int, int],
+                opset: int = 17) -> None:
+    """Write `serving` as ONNX with a dynamic batch axis, atomically."""
+    example = torch.rand(*input_shape)
+    with atomic_open(path, "wb") as handle, torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python-level shape check; the shapes are fixed per preset.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(serving, (example,), handle, dynamo=False, opset_version=opset,
+                          input_names=["image"], output_names=["probabilities"],
+                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})

@@ -1,0 +1,320 @@
+"""GReFEL model presets: shapes, gradients, frozen landmarks, reliability equations, export."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from grefel.errors import WeightsError
+from grefel.fileio import load_state_dict
+from grefel.models import (GReFELConfig, GReFELViTConfig, create_model, kappa, list_models,
+                           load_landmark_weights, model_spec)
+from grefel.models.ir import IRBackbone, load_ir50
+from grefel.models.mobilefacenet import MobileFaceNet
+from grefel.models.reliability import ReliabilityHead
+from grefel.models.serving import ServingModel, export_onnx
+
+# Tiny sizes per config family, so every registered preset is exercised in seconds.
+TINY = {
+    # Input, image branch and landmark branch at three sizes, so every resampling path runs.
+    GReFELConfig: dict(input_size=48, branch_size=32, landmark_size=64, ir_stem=8, ir_widths=(8, 16, 32), ir_units=(1, 1, 1),
+                       cross_heads=(1, 2, 2), embed_dim=32, num_heads=2, num_anchors=3),
+    GReFELViTConfig: dict(input_size=32, landmark_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                          cross_heads=2, num_anchors=3),
+}
+PRESETS = list_models()
+
+
+def tiny(name: str, **overrides):
+    torch.manual_seed(0)
+    return create_model(name, **{**TINY[model_spec(name).config_class], **overrides})
+
+
+def batch_for(model, n: int = 4) -> torch.Tensor:
+    c = model.config
+    return torch.rand(n, c.in_chans, c.input_size, c.input_size, generator=torch.Generator().manual_seed(1))
+
+
+def test_every_preset_has_tiny_sizes():
+    assert {model_spec(n).config_class for n in PRESETS} <= set(TINY)
+    assert {"grefel_paper", "grefel_small", "grefel_vit"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_shapes_finite_and_distributions(name, training):
+    model = tiny(name).train(training)
+    out = model(batch_for(model), trust=0.5)
+    C, K = model.config.num_classes, model.config.num_anchors
+    assert out.logits.shape == out.primary.shape == out.corrected.shape == out.anchor.shape == (4, C)
+    assert out.anchor_distances.shape == (4, C, K)
+    assert out.embedding.shape == (4, model.config.embed_dim)
+    for t in (out.logits, out.corrected, out.embedding, out.confidence):
+        assert torch.isfinite(t).all()
+    torch.testing.assert_close(out.corrected.sum(-1), torch.ones(4))
+    torch.testing.assert_close(out.primary.sum(-1), torch.ones(4))
+    assert (out.attentive is not None) == training
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_full_size_preset_forward(name):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        out = model(batch_for(model, 2))
+    assert out.corrected.shape == (2, 8) and torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_backward_reaches_every_trainable_parameter_and_no_frozen_one(name):
+    model = tiny(name).train()
+    out = model(batch_for(model), trust=0.5)
+    target = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3]), 8).float()
+    from grefel.losses import GReFELLoss
+    loss, _ = GReFELLoss()(out, target, model.reliability.anchors, trust=0.5)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        if pname.startswith("landmarks."):
+            assert not p.requires_grad and p.grad is None, pname
+        else:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), f"no gradient reaches {pname}"
+            assert p.grad.abs().sum() > 0, f"zero gradient at {pname}"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_landmark_branch_frozen_through_an_optimizer_step(name):
+    model = tiny(name)
+    model.train()
+    assert not model.landmarks.training and not any(m.training for m in model.landmarks.modules())
+    before = {k: v.clone() for k, v in model.landmarks.state_dict().items()}
+    other_before = model.head[0].weight.clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model(batch_for(model), trust=1.0).corrected.sum().backward()
+    model(batch_for(model), trust=1.0).logits.pow(2).mean().backward()
+    opt.step()
+    for k, v in model.landmarks.state_dict().items():
+        assert torch.equal(v, before[k]), f"landmark tensor {k} changed"
+    assert not torch.equal(model.head[0].weight, other_before)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_eval_prediction_independent_of_batch(name):
+    model = tiny(name).eval()
+    x = batch_for(model, 6)
+    with torch.no_grad():
+        alone = model(x[:1])
+        together = model(x)
+        shuffled = model(x.flip(0))
+    torch.testing.assert_close(alone.corrected[0], together.corrected[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together.corrected[0], shuffled.corrected[-1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(alone.logits[0], together.logits[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_trace_and_onnx_export(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    serving = ServingModel(tiny(name), serve="corrected", temperature=1.3)
+    x = batch_for(serving.model, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(serving, x[:2])
+        path = tmp_path / f"{name}.onnx"
+        export_onnx(serving, path, tuple(x[:2].shape))
+    with torch.no_grad():
+        expected = serving(x).numpy()
+    np.testing.assert_allclose(traced(x).detach().numpy(), expected, atol=1e-5)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)  # dynamic batch: exported at 2, run at 3
+
+
+@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("shape", [(3, "S", "S"), (2, 3, "S"), (2, 3, 31, "S"), (2, 2, "S", "S"), (2, 1, "S", "S")])
+def test_wrong_input_is_a_value_error_naming_the_expected_shape(name, shape):
+    model = tiny(name).eval()
+    S = model.config.input_size
+    with pytest.raises(ValueError, match=rf"expects input of shape \(B, 3, {S}, {S}\)"):
+        model(torch.rand(*[S if d == "S" else d for d in shape]))
+
+
+def test_grey_input_preset():
+    model = tiny("grefel_small", in_chans=1).eval()
+    out = model(torch.rand(2, 1, 48, 48))
+    assert out.corrected.shape == (2, 8)
+
+
+def test_paper_feature_extractor_within_3_percent_of_poster_pp():
+    model = create_model("grefel_paper", landmark_weights=None)
+    assert abs(model.feature_extractor_parameters() / 43.7e6 - 1) < 0.03
+    assert model.config.windows == (28, 14, 7) and model.config.embed_dim == 768
+    assert model.config.num_anchors == 10 and model.config.cross_heads == (2, 4, 8)
+
+
+# ---- reliability equations ------------------------------------------------------------------
+
+def test_kappa_extremes():
+    assert kappa(torch.tensor([0.0, 1.0, 0.0, 0.0])).item() == pytest.approx(1.0)
+    assert kappa(torch.full((8,), 1 / 8)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_trust_zero_gives_exactly_the_primary_distribution():
+    model = tiny("grefel_small").train()
+    out = model(batch_for(model), trust=0.0)
+    assert torch.equal(out.corrected, out.primary)
+
+
+def test_reliability_equations_by_hand():
+    """Two classes, two anchors per class, D = 2, batch of two, every number worked out below."""
+    head = ReliabilityHead(dim=2, num_classes=2, num_anchors=2, tau=2.0, delta=1.0, attention_heads=1)
+    with torch.no_grad():
+        head.anchors.copy_(torch.tensor([[[0.0, 0.0], [3.0, 4.0]], [[1.0, 0.0], [0.0, 2.0]]]))
+        for lin in (head.query, head.key, head.value, head.out):
+            lin.weight.copy_(torch.eye(2))
+            lin.bias.zero_()
+    e = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+
+    def softmax(v):
+        m = [math.exp(a) for a in v]
+        return [a / sum(m) for a in m]
+
+    def conf(p):
+        return 1 + sum(a * math.log(a) for a in p if a > 0) / math.log(len(p))
+
+    def anchor_dist(x):
+        d = [[math.dist(x, a) for a in cls] for cls in [[(0, 0), (3, 4)], [(1, 0), (0, 2)]]]
+        s = softmax([-v for row in d for v in row])
+        return [s[0] + s[1], s[2] + s[3]]
+
+    # Attention across the batch: q = k = v = e (identity maps), scale 1/sqrt(2).
+    rows = []
+    for qi in e.tolist():
+        w = softmax([(qi[0] * kj[0] + qi[1] * kj[1]) / math.sqrt(2) for kj in e.tolist()])
+        rows.append(softmax([sum(w[j] * e[j, c].item() for j in range(2)) for c in range(2)]))
+
+    t = 0.25
+    expected = []
+    for i in range(2):
+        l_p = softmax([z / 2.0 for z in logits[i].tolist()])
+        l_g, l_a = anchor_dist(e[i].tolist()), rows[i]
+        c_p, c_g, c_a = conf(l_p), conf(l_g), conf(l_a)
+        l_c = [(c_g * g + c_a * a) / (c_g + c_a) for g, a in zip(l_g, l_a)]
+        l_f = [c_p * p + (1 - c_p) * c for p, c in zip(l_p, l_c)]
+        expected.append([(1 - t) * p + t * f for p, f in zip(l_p, l_f)])
+
+    head.train()
+    out = head(e, logits, trust=t)
+    torch.testing.assert_close(out.corrected, torch.tensor(expected), atol=1e-6, rtol=1e-5)
+    # Sample 0 sits on an anchor of class 0 at distance 0 and 1 from class-1 anchors.
+    torch.testing.assert_close(out.anchor_distances[0], torch.tensor([[0.0, 5.0], [1.0, 2.0]]))
+
+    head.eval()
+    out = head(e, logits)
+    l_p = softmax([1.0, 0.0])
+    l_g = anchor_dist([0.0, 0.0])
+    c_p = conf(l_p)
+    torch.testing.assert_close(out.corrected[0], torch.tensor([c_p * p + (1 - c_p) * g for p, g in zip(l_p, l_g)]))
+
+
+# ---- weights -------------------------------------------------------------------------------
+
+def test_landmark_weights_load_strictly_and_give_plausible_landmarks(landmark_weights, ferplus_root):
+    state = load_state_dict(landmark_weights)
+    assert len(state) == 333
+    net = MobileFaceNet().eval()
+    net.load_state_dict(state, strict=True)
+    names = sorted(p.name for p in (ferplus_root / "FER2013Valid").glob("*.png"))[:64]
+    imgs = [cv2.imread(str(ferplus_root / "FER2013Valid" / n), cv2.IMREAD_GRAYSCALE) for n in names]
+    x = torch.from_numpy(np.stack(imgs)).float().div(255)[:, None].repeat(1, 3, 1, 1)
+    x = torch.nn.functional.interpolate(x, size=(112, 112), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        pts = net(x)                                                   # (B, 68, 2) in [0, 1]
+        f1, f2, f3 = net.features(x)
+    assert f1.shape[1:] == (64, 28, 28) and f2.shape[1:] == (128, 14, 14) and f3.shape[1:] == (512, 7, 7)
+    # fer0028642: a face wholly inside its crop. FERPlus crops are tight and often cut the chin,
+    # so over the others only the jaw line may leave the crop, and by little.
+    assert ((pts[4] > 0) & (pts[4] < 1)).all()
+    assert ((pts > -0.06) & (pts < 1.06)).all()
+    inner = pts[:, 17:]                                                # brows, eyes, nose, mouth
+    assert ((inner > 0) & (inner < 1)).all()
+    eyes_y = pts[:, 36:48, 1].mean(1)
+    mouth_y = pts[:, 48:68, 1].mean(1)
+    assert (eyes_y < mouth_y - 0.15).all()
+    nose_x = pts[:, 30, 0]                                             # profiles put single noses off-centre
+    assert 0.4 < nose_x.median() < 0.6
+
+
+def test_poster_pth_tar_landmark_checkpoint_loads(landmark_weights, tmp_path):
+    state = load_state_dict(landmark_weights)
+    path = tmp_path / "mobilefacenet_model_best.pth.tar"
+    torch.save({"state_dict": state}, path)
+    model = tiny("grefel_small")
+    load_landmark_weights(model, path)
+    assert torch.equal(model.landmarks.net.conv1.conv.weight, state["conv1.conv.weight"])
+
+
+def test_landmark_weights_with_missing_keys_name_them(landmark_weights, tmp_path):
+    state = load_state_dict(landmark_weights)
+    del state["conv_4.model.0.conv.conv.weight"]
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(WeightsError, match="missing conv_4.model.0.conv.conv.weight"):
+        load_landmark_weights(tiny("grefel_small"), path)
+
+
+def test_pickled_module_is_refused(tmp_path):
+    path = tmp_path / "module.pth"
+    torch.save(torch.nn.Linear(2, 2), path)
+    with pytest.raises(WeightsError, match="refused"):
+        load_state_dict(path)
+
+
+def _flat_ir50_state(backbone: IRBackbone) -> dict[str, torch.Tensor]:
+    """A face.evoLVe-layout IR-50 state_dict: flat body.N units, plus stage 4 and output_layer."""
+    state = {}
+    offsets = {"body1": 0, "body2": 3, "body3": 7}
+    for key, value in backbone.state_dict().items():
+        stage, _, rest = key.partition(".")
+        if stage in offsets:
+            unit, _, tail = rest.partition(".")
+            key = f"body.{offsets[stage] + int(unit)}.{tail}"
+        state[f"module.{key}"] = value.clone()
+    state["module.body.21.res_layer.1.weight"] = torch.zeros(512, 256, 3, 3)
+    state["module.output_layer.3.weight"] = torch.zeros(512, 25088)
+    return state
+
+
+def test_ir50_flat_layout_maps_and_reports_counts():
+    source = IRBackbone()
+    target = IRBackbone()
+    report = load_ir50(target, _flat_ir50_state(source))
+    assert report["loaded"] == len(target.state_dict()) and report["skipped"] == 2 and report["missing"] == 0
+    assert torch.equal(target.body3[13].res_layer[1].weight, source.body3[13].res_layer[1].weight)
+
+
+def test_ir50_partial_load_is_an_error_unless_asked():
+    state = _flat_ir50_state(IRBackbone())
+    del state["module.body.20.res_layer.1.weight"]
+    with pytest.raises(WeightsError, match="missing 1"):
+        load_ir50(IRBackbone(), state)
+    assert load_ir50(IRBackbone(), state, allow_partial=True)["missing"] == 1
+
+
+def test_vit_state_dict_loads_into_grefel_vit():
+    source = tiny("grefel_vit")
+    state = {k: v for k, v in source.state_dict().items()
+             if k.startswith(("patch_embed.", "blocks.", "norm.", "cls_token", "pos_embed"))}
+    state["head.weight"] = torch.zeros(1000, 32)
+    target = tiny("grefel_vit")
+    report = target.load_vit(state)
+    assert report == {"loaded": len(state) - 1, "skipped": 1}
+    assert torch.equal(target.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    del state["blocks.0.attn.qkv.weight"]
+    with pytest.raises(WeightsError, match="blocks.0.attn.qkv.weight"):
+        tiny("grefel_vit").load_vit(state)
