@@ -1,0 +1,1 @@
+"""Offline inference: face detection, alignment and expression prediction."""
