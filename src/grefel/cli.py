@@ -16,6 +16,8 @@ from grefel.errors import GrefelError
 COMMAND_MODULES = (
     "grefel.data.cli",
     "grefel.models.cli",
+    "grefel.training",
+    "grefel.evaluation",
 )
 
 

@@ -78,6 +78,9 @@ class GReFELLoss(nn.Module):
                 trust: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns the total loss and its parts (detached) for logging."""
         cfg = self.config
+        # Targets span the 8 canonical classes; a model with fewer keeps the first C (training checks
+        # up front that no sample has mass beyond them).
+        target = target[..., :out.corrected.shape[-1]]
         if cfg.label_smoothing and not self.multi_target:
             target = (1 - cfg.label_smoothing) * target + cfg.label_smoothing / target.shape[-1]
         cls = classification_nll(out.corrected, target, self.class_weights, self.multi_target)

@@ -318,3 +318,19 @@ def restrict_to_classes(probs: Any, class_indices: Sequence[int]) -> np.ndarray:
         raise DataError(f"probs: row {empty[0]} has no probability on classes {idx.tolist()}; "
                         f"restrict the logits before the softmax instead")
     return kept / mass
+
+
+def plot_training_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Loss and accuracy per epoch (train and validation) from metrics.csv rows, as a PNG."""
+    epochs = [int(r["epoch"]) for r in rows]
+    fig = _figure((10.0, 4.0))
+    for i, (title, keys) in enumerate((("loss", ("train_loss", "val_loss")),
+                                       ("accuracy", ("train_acc", "val_acc", "val_mean_class_acc")))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for key in keys:
+            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", markersize=3, label=key)
+        ax.set(xlabel="epoch", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    _save_png(fig, path)

@@ -1,0 +1,265 @@
+"""grefel train / train.py end to end on a tiny model: outputs, resume, faults, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import FERPLUS_ROOT, REPO_ROOT
+from grefel.checkpoint import build_from_checkpoint, load_training_state
+from grefel.cli import main as grefel_main
+from grefel.errors import ConfigError, GrefelError
+from grefel.training import load_config, train
+from training_helpers import TINY_MODEL, tiny_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_cache(tmp_path_factory):
+    """One decoded-data cache for the module: the train split is decoded once, not per test."""
+    path = tmp_path_factory.mktemp("grefel-cache")
+    old = os.environ.get("GREFEL_CACHE_DIR")
+    os.environ["GREFEL_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("GREFEL_CACHE_DIR")
+    else:
+        os.environ["GREFEL_CACHE_DIR"] = old
+
+
+def run_cli(*args: str, cwd: Path = REPO_ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grefel", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def model_tensors(run: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(str(run / "checkpoints" / "last.safetensors"))
+    return {k: v for k, v in tensors.items() if k.startswith(("model.", "optim."))}
+
+
+def test_grefel_train_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--config", str(tiny_config(tmp_path)), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for name in ("config.yaml", "metrics.csv", "summary.json", "checkpoints/last.safetensors",
+                 "checkpoints/last.json", "checkpoints/best.safetensors", "checkpoints/best.json",
+                 "plots/training_curves.png", "plots/confusion_matrix_best.png", "plots/reliability_best.png"):
+        assert (out / name).is_file(), name
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:10] == ["epoch", "lr", "train_loss", "train_loss_cls", "train_loss_anchor",
+                                       "train_loss_center", "train_acc", "val_loss", "val_acc", "val_mean_class_acc"]
+    assert len(rows) == 3  # header + 2 epochs
+    state = json.loads((out / "checkpoints" / "last.json").read_text())
+    assert state["epoch"] == 2 and state["step"] == 16 and "rng" in state and "scheduler" in state
+    model, info = build_from_checkpoint(out / "checkpoints" / "best.safetensors")
+    assert info["class_names"][0] == "neutral" and info["training"]["data"]["val_samples"] == 128
+    assert info["metrics"]["valid"]["num_samples"] == 128
+    # Not a rerun: the existing run is refused without --resume / --overwrite, and left as it was.
+    before = (out / "metrics.csv").read_text()
+    again = run_cli("train", "--config", str(tiny_config(tmp_path)), "--output-dir", str(out))
+    assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert (out / "metrics.csv").read_text() == before
+
+
+def test_classic_train_py_on_converted_csv(tmp_path):
+    for split, name, limit in (("train", "train.csv", "160"), ("valid", "val.csv", "64")):
+        proc = run_cli("data", "convert", "--format", "ferplus", "--data-root", str(FERPLUS_ROOT), "--split", split,
+                       "--output", str(tmp_path / name), "--limit", limit)
+        assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "outputs"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--train_csv", str(tmp_path / "train.csv"),
+                           "--val_csv", str(tmp_path / "val.csv"), "--output_dir", str(out), "--epochs", "1",
+                           "--batch_size", "16", "--num_workers", "0", "--num_anchors", "4",
+                           "--model", "grefel_small"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "WANDB_MODE": "disabled"})
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "checkpoints" / "best.safetensors").is_file() and (out / "metrics.csv").is_file()
+    info = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert info["model"]["num_anchors"] == 4 and info["training"]["data"]["train_samples"] == 160
+    assert info["training"]["command"].startswith("python train.py --train_csv")
+
+
+def test_classic_train_py_defaults_and_bad_csv(tmp_path):
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        import train as classic
+    finally:
+        sys.path.remove(str(REPO_ROOT))
+    args = classic.build_parser().parse_args(["--train_csv", "a.csv", "--val_csv", "b.csv"])
+    assert (args.output_dir, args.batch_size, args.num_workers, args.epochs, args.lr, args.weight_decay,
+            args.num_classes, args.num_anchors, args.model) == ("outputs", 32, 4, 50, 1e-4, 1e-2, 8, 10, "grefel_vit")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("emotion,pixels\n3," + " ".join(["1"] * 100) + "\n")
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--train_csv", str(bad), "--val_csv",
+                           str(bad), "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "bad.csv" in proc.stderr and "2304" in proc.stderr
+
+
+def _kill_during_epoch(cmd: list[str], run: Path, epoch: int) -> None:
+    """Start training and SIGKILL it once checkpoint `epoch - 1` exists, partway into `epoch`."""
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        last = run / "checkpoints" / "last.json"
+        if last.exists() and json.loads(last.read_text())["epoch"] == epoch - 1:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("training never reached the kill point")
+    time.sleep(1.0)  # into the next epoch's steps
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    config = tiny_config(tmp_path, epochs=3, deterministic=True, **{"optim.ema": True})
+    base = [sys.executable, "-m", "grefel", "train", "--config", str(config)]
+    straight = tmp_path / "straight"
+    assert subprocess.run(base + ["--output-dir", str(straight)], cwd=REPO_ROOT, capture_output=True,
+                          timeout=600).returncode == 0
+    killed = tmp_path / "killed"
+    _kill_during_epoch(base + ["--output-dir", str(killed)], killed, epoch=2)
+    assert json.loads((killed / "checkpoints" / "last.json").read_text())["epoch"] == 1
+    resumed = subprocess.run(base + ["--output-dir", str(killed), "--resume"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = model_tensors(straight), model_tensors(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    assert (straight / "metrics.csv").read_text().splitlines()[1:][-1].split(",")[:9] == \
+        (killed / "metrics.csv").read_text().splitlines()[1:][-1].split(",")[:9]
+
+
+def test_checkpoint_write_failure_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import grefel.checkpoint as checkpoint
+
+    out = tmp_path / "run"
+    cfg = load_config(str(tiny_config(tmp_path, epochs=2)), [])
+    real = checkpoint.atomic_write_bytes
+    staged = {"n": 0}
+
+    def failing(path, data):
+        staged["n"] += "staged" in str(path)
+        if "staged" in str(path) and staged["n"] == 2:  # epoch 1's training state saves; epoch 2's fails
+            with open(path, "wb") as handle:  # a partial write, as on a full disk
+                handle.write(data[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", failing)
+    with pytest.raises(GrefelError, match="No space left on device.*previous checkpoint is intact"):
+        train(cfg, out)
+    tensors, state, which = load_training_state(out / "checkpoints")
+    assert which == "last" and state["epoch"] == 1
+
+
+def test_truncated_last_checkpoint_falls_back_to_previous(tmp_path):
+    out = tmp_path / "run"
+    cfg = load_config(str(tiny_config(tmp_path, epochs=2)), [])
+    train(cfg, out)
+    last = out / "checkpoints" / "last.safetensors"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="unusable"):
+        _, state, which = load_training_state(out / "checkpoints")
+    assert which == "prev" and state["epoch"] == 1
+    (out / "checkpoints" / "prev.safetensors").write_bytes(b"garbage")
+    with pytest.raises(GrefelError, match="no usable checkpoint"):
+        load_training_state(out / "checkpoints")
+
+
+def test_nan_loss_stops_with_the_step_and_saves_nothing_corrupt(tmp_path, monkeypatch):
+    import grefel.losses as losses
+
+    real = losses.GReFELLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, out, target, anchors, trust):
+        calls["n"] += 1
+        loss, parts = real(self, out, target, anchors, trust)
+        return (loss * float("nan") if calls["n"] == 11 else loss), parts
+
+    monkeypatch.setattr(losses.GReFELLoss, "forward", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(GrefelError, match="loss is nan at step 10"):
+        train(load_config(str(tiny_config(tmp_path, epochs=2)), []), out)
+    _, state, _ = load_training_state(out / "checkpoints")
+    assert state["epoch"] == 1  # epoch 2 diverged and wrote nothing
+
+
+def test_wandb_offline_run_without_network(tmp_path):
+    pytest.importorskip("wandb")
+    out = tmp_path / "run"
+    env = {**os.environ, "WANDB_API_KEY": "", "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "NETRC": str(tmp_path / "no-netrc")}
+    proc = subprocess.run([sys.executable, "-m", "grefel", "train", "--config",
+                           str(tiny_config(tmp_path, epochs=1, wandb="auto")), "--output-dir", str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "wandb offline" in proc.stdout
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "optim.lrr=1"], "unknown key 'lrr'"),
+    (["--set", "epochs=many"], "config.epochs: expected an integer"),
+    (["--set", "model=grefel_huge"], "unknown model preset 'grefel_huge'"),
+    (["--set", "model_args.widths=3"], "unknown key 'widths'"),
+    (["--data-root", "/nonexistent/ferplus"], "/nonexistent/ferplus"),
+    (["--set", "amp=fp8"], "amp = 'fp8'"),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, args, message):
+    proc = run_cli("train", "--config", str(tiny_config(tmp_path)), "--output-dir", str(tmp_path / "o"), *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_checkpoint_from_another_preset_or_class_count_is_refused(tmp_path):
+    out = tmp_path / "run"
+    train(load_config(str(tiny_config(tmp_path, epochs=1)), []), out)
+    best = str(out / "checkpoints" / "best.safetensors")
+    with pytest.raises(ConfigError, match="cannot start a grefel_small run with 7 classes"):
+        train(load_config(str(tiny_config(tmp_path, init_from=best, **{"model_args.num_classes": 7,
+                                                                          "data.label_mode": "majority"})), []),
+              tmp_path / "other")
+    with pytest.raises(ConfigError, match="different config"):
+        train(load_config(str(tiny_config(tmp_path, epochs=1, seed=5)), []), out, resume=True)
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    config = tiny_config(tmp_path, epochs=1, deterministic=True, **{"data.limit_val": 96})
+    one = tmp_path / "one"
+    single = run_cli("train", "--config", str(config), "--output-dir", str(one))
+    assert single.returncode == 0, single.stderr
+    two = tmp_path / "two"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "grefel", "train", "--config", str(config), "--output-dir", str(two)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    r1 = (one / "metrics.csv").read_text().splitlines()[1].split(",")
+    r2 = (two / "metrics.csv").read_text().splitlines()[1].split(",")
+    header = (one / "metrics.csv").read_text().splitlines()[0].split(",")
+    m1, m2 = dict(zip(header, r1)), dict(zip(header, r2))
+    # Same samples per global batch; only BatchNorm statistics and the in-batch attention see half batches.
+    assert abs(float(m1["train_loss"]) - float(m2["train_loss"])) < 0.15 * float(m1["train_loss"])
+    assert abs(float(m1["val_acc"]) - float(m2["val_acc"])) <= 0.1
+    best = json.loads((two / "checkpoints" / "best.json").read_text())
+    assert best["metrics"]["valid"]["num_samples"] == 96  # every validation sample counted once across ranks
