@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "grefel.models.cli",
     "grefel.training",
     "grefel.evaluation",
+    "grefel.export",
 )
 
 

@@ -45,7 +45,7 @@ class DataConfig:
     label_mode: str = "majority"         # training targets: majority | probability | crossentropy | multi_target
     val_label_mode: str = "majority"     # validation is scored on majority labels, as published results are
     balanced_sampling: bool = False      # class-balanced sampling with replacement
-    class_weighting: bool = True         # inverse-frequency class weights in L_cls
+    class_weighting: str = "inverse"     # class weights in L_cls: inverse ((N/C)/N_c, the spec) | sqrt | none
     limit_train: int | None = None       # first N samples only (quick experiments, tests)
     limit_val: int | None = None
 
@@ -73,6 +73,7 @@ class TrainConfig:
     select_metric: str = "accuracy"      # validation metric that picks best.safetensors
     tta_flip: bool = False               # validation with horizontal-flip test-time augmentation
     channels_last: bool = True
+    landmark_cache: bool = False         # compute the frozen landmark maps once and warp them per step
     threads: int | None = None           # torch intra-op threads (default: torch's choice)
     wandb: str = "auto"                  # auto | online | offline | off
     wandb_project: str = "grefel"
@@ -89,7 +90,8 @@ class TrainConfig:
                   ("serve", self.serve, SERVE_CHOICES), ("select_metric", self.select_metric, SELECT_METRICS),
                   ("wandb", self.wandb, ("auto", "online", "offline", "off")),
                   ("data.label_mode", self.data.label_mode, LABEL_MODES),
-                  ("data.val_label_mode", self.data.val_label_mode, LABEL_MODES)]
+                  ("data.val_label_mode", self.data.val_label_mode, LABEL_MODES),
+                  ("data.class_weighting", self.data.class_weighting, ("inverse", "sqrt", "none"))]
         for name, value, choices in checks:
             if value not in choices:
                 raise ConfigError(f"{name} = {value!r}: expected one of {', '.join(choices)}")
@@ -282,6 +284,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
                                     shutdown_distributed)
     from grefel.engine import Amp, evaluate, train_one_epoch, unwrap
     from grefel.labels import CANONICAL_CLASSES
+    from grefel.landmark_cache import LandmarkCache
     from grefel.losses import GReFELLoss
     from grefel.metrics import plot_confusion_matrix, plot_reliability_diagram
     from grefel.models import create_model
@@ -350,8 +353,21 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model.to(device)
-        train_ds.transform = train_transform(mcfg.input_size, mcfg.in_chans, cfg.augment)
+        train_ds.transform = train_transform(mcfg.input_size, mcfg.in_chans, cfg.augment,
+                                             with_geometry=cfg.landmark_cache)
         val_ds.transform = eval_transform(mcfg.input_size, mcfg.in_chans)
+        caches = {"train": None, "val": None}
+        if cfg.landmark_cache:
+            if not hasattr(model, "landmark_maps"):
+                raise ConfigError(f"landmark_cache: preset {cfg.model} cannot take precomputed landmark maps")
+            # Rank 0 computes; the others wait for the files, then map them.
+            for turn in ((True,) if not info.enabled else (info.is_main, not info.is_main)):
+                if turn:
+                    caches = {name: LandmarkCache.load_or_build(model, ds.images, dcfg.source.cache_dir,
+                                                                log=print if info.is_main else (lambda *_: None))
+                              for name, ds in (("train", train_ds), ("val", val_ds))}
+                if info.enabled:
+                    torch.distributed.barrier()
         per_rank = cfg.batch_size // info.world_size
         if len(train_ds) < cfg.batch_size:
             raise ConfigError(f"the training split has {len(train_ds)} samples, fewer than batch_size {cfg.batch_size}")
@@ -367,7 +383,10 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         steps_per_epoch = len(train_loader)
         total_steps = steps_per_epoch * cfg.epochs
 
-        weights = class_weights(train_ds.targets, mcfg.num_classes).to(device) if dcfg.class_weighting else None
+        weights = None
+        if dcfg.class_weighting != "none":
+            weights = class_weights(train_ds.targets, mcfg.num_classes).to(device)
+            weights = weights.sqrt() if dcfg.class_weighting == "sqrt" else weights
         criterion = GReFELLoss(cfg.loss, weights, multi_target=dcfg.label_mode == "multi_target").to(device)
         ema = build_ema(model, cfg.optim.ema_decay) if cfg.optim.ema else None
         net = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None) \
@@ -417,12 +436,12 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
             stats, step = train_one_epoch(net, criterion, optimizer, scheduler, train_loader, device=device,
                                           step=step, total_steps=total_steps, amp=amp, ema=ema,
                                           grad_clip=cfg.optim.grad_clip, info=info,
-                                          on_step=(lambda s, v: progress.update(v)) if progress else None)
+                                          landmark_cache=caches["train"], on_step=(lambda s, v: progress.update(v)) if progress else None)
             if progress:
                 progress.close()
             scored = ema.module if ema is not None else net
             report, preds = evaluate(scored, val_loader, class_names, device=device, amp=amp, serve=cfg.serve,
-                                     tta_flip=cfg.tta_flip, info=info)
+                                     tta_flip=cfg.tta_flip, info=info, landmark_cache=caches["val"])
             metric = report[cfg.select_metric]
             improved = best is None or metric > best["value"]
             if improved:

@@ -20,6 +20,7 @@ class Sample:
     target: np.ndarray  # float32 (8,): what the loss trains on, per label mode
     id: str
     index: int
+    geometry: np.ndarray | None = None  # (2, 3) theta of the training warp, when the transform reports it
 
 
 def image_to_tensor(image: np.ndarray, channels: int | None = None) -> torch.Tensor:
@@ -69,11 +70,13 @@ class FERDataset(Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} samples")
         i %= len(self)
-        image = self.images[i]
+        image, geometry = self.images[i], None
         if self.transform is not None:
             image = self.transform(image)
+            if isinstance(image, tuple):
+                image, geometry = image
         return Sample(image=image, label=int(self.labels[i]), target=self.training_target(i),
-                      id=self.ids[i], index=i)
+                      id=self.ids[i], index=i, geometry=geometry)
 
     def training_target(self, i: int) -> np.ndarray:
         """The mode's target for sample i: one-hot, distribution, sampled one-hot or multi-hot."""
@@ -111,7 +114,7 @@ class FERDataset(Dataset):
 
 def collate_samples(batch: list[Sample]) -> dict[str, Any]:
     images = [s.image if isinstance(s.image, torch.Tensor) else image_to_tensor(s.image) for s in batch]
-    return {
+    out = {
         # default_collate stacks straight into shared memory inside a DataLoader worker (one copy fewer)
         "image": default_collate(images),  # (B, C, S, S)
         "label": torch.tensor([s.label for s in batch], dtype=torch.int64),  # (B,)
@@ -119,3 +122,6 @@ def collate_samples(batch: list[Sample]) -> dict[str, Any]:
         "index": torch.tensor([s.index for s in batch], dtype=torch.int64),  # (B,)
         "id": [s.id for s in batch],
     }
+    if all(s.geometry is not None for s in batch):
+        out["geometry"] = torch.from_numpy(np.stack([s.geometry for s in batch]))  # (B, 2, 3)
+    return out

@@ -83,18 +83,35 @@ class EvalTransform:
         return image_to_tensor(resize_square(_prepare(image, self.size, self.in_chans), self.size), self.in_chans)
 
 
+def normalized_inverse(matrix: np.ndarray, src_hw: tuple[int, int], size: int) -> np.ndarray:
+    """The inverse of a source->output pixel affine, in normalised coordinates.
+
+    Returns theta (2, 3) mapping output coordinates in [-1, 1] to source coordinates in
+    [-1, 1] (pixel centres at (2p + 1) / n - 1, i.e. align_corners=False): what
+    `F.affine_grid` takes to resample anything aligned with the un-augmented image,
+    such as cached feature maps, exactly as the image was warped.
+    """
+    h, w = src_hw
+    inv = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))
+    from_out = np.array([[size / 2, 0, (size - 1) / 2], [0, size / 2, (size - 1) / 2], [0, 0, 1]])
+    to_src = np.array([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]])
+    return (to_src @ inv @ from_out)[:2].astype(np.float32)
+
+
 @dataclass
 class TrainTransform:
     size: int
     in_chans: int
     aug: AugmentConfig = field(default_factory=AugmentConfig)
+    with_geometry: bool = False   # also return the warp as normalised theta (see normalized_inverse)
 
     def __post_init__(self) -> None:
         _check(self.size, self.in_chans)
 
-    def __call__(self, image: np.ndarray) -> torch.Tensor:
+    def __call__(self, image: np.ndarray) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
         image = _prepare(image, self.size, self.in_chans)
-        out = cv2.warpAffine(image, self._matrix(*image.shape[:2]), (self.size, self.size),
+        matrix = self._matrix(*image.shape[:2])
+        out = cv2.warpAffine(image, matrix, (self.size, self.size),
                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
         aug = self.aug
         if aug.brightness or aug.contrast:
@@ -103,7 +120,10 @@ class TrainTransform:
             out = cv2.addWeighted(out, 1.0 + c * aug.contrast, out, 0.0, b * aug.brightness * 255.0)
         if aug.erasing and np.random.random() < aug.erasing:
             self._erase(out)
-        return image_to_tensor(out, self.in_chans)  # (in_chans, S, S)
+        tensor = image_to_tensor(out, self.in_chans)  # (in_chans, S, S)
+        if self.with_geometry:
+            return tensor, normalized_inverse(matrix, image.shape[:2], self.size)
+        return tensor
 
     def _matrix(self, h: int, w: int) -> np.ndarray:
         """One affine map source -> output: centre, flip, scale to size, rotate, shift."""
@@ -140,8 +160,8 @@ class TrainTransform:
         out[top:top + eh, left:left + ew] = 0
 
 
-def train_transform(size: int, in_chans: int, aug: AugmentConfig) -> TrainTransform:
-    return TrainTransform(size, in_chans, aug)
+def train_transform(size: int, in_chans: int, aug: AugmentConfig, with_geometry: bool = False) -> TrainTransform:
+    return TrainTransform(size, in_chans, aug, with_geometry)
 
 
 def eval_transform(size: int, in_chans: int) -> EvalTransform:

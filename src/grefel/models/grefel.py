@@ -160,14 +160,23 @@ class GReFEL(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         init_transformer_weights(self.blocks)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, S, S) in [0, 1] -> embedding e (B, D)."""
+    def landmark_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen landmark maps at the window sizes: 64xW1xW1, 128xW2xW2, 512xW3xW3.
+
+        A pure function of the (un-augmented) input, so training may compute it once per
+        image and reuse it across epochs (grefel.landmark_cache).
+        """
         self.input_spec.check(x)
         cfg = self.config
         xl = self.input_spec.resize(x, cfg.landmark_size or cfg.branch_size)
         lm = self.landmarks(self.input_spec.landmark_input(xl))                 # 64x28x28, 128x14x14, 512x7x7
-        lm = [resample(f, w) for f, w in zip(lm, cfg.windows)]
-        x = self.input_spec.resize(x, cfg.branch_size)                          # (B, c, 112, 112)
+        return [resample(f, w) for f, w in zip(lm, cfg.windows)]
+
+    def forward_features(self, x: torch.Tensor, landmark_maps: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """(B, in_chans, S, S) in [0, 1] -> embedding e (B, D)."""
+        lm = self.landmark_maps(x) if landmark_maps is None else landmark_maps
+        self.input_spec.check(x)
+        x = self.input_spec.resize(x, self.config.branch_size)                  # (B, c, 112, 112)
         img = self.image_backbone(self.input_spec.image_input(x))               # 64x56x56, 128x28x28, 256x14x14
         tokens = []
         for down, proj, cross, embed, fi, fl in zip(self.image_downsample, self.landmark_proj,
@@ -178,8 +187,10 @@ class GReFEL(nn.Module):
         t = self.norm(self.blocks(t))
         return self.se(t[:, 0])                                                 # (B, D)
 
-    def forward(self, x: torch.Tensor, trust: float = 1.0) -> GReFELOutput:
-        e = self.forward_features(x)
+    def forward(self, x: torch.Tensor, trust: float = 1.0,
+                landmark_maps: list[torch.Tensor] | None = None) -> GReFELOutput:
+        """`landmark_maps`, when given, replace the frozen branch's output (precomputed features)."""
+        e = self.forward_features(x, landmark_maps)
         return self.reliability(e, self.head(e), trust)
 
     def feature_extractor_parameters(self) -> int:

@@ -70,11 +70,11 @@ def load_landmark_weights(model: nn.Module, path: str | Path) -> None:
 
 
 def create_model(name: str, *, landmark_weights: str | Path | None = "shipped", **overrides: Any) -> nn.Module:
-    """Build preset `name`. The frozen landmark branch loads the shipped 68-point weights
+    """Build preset `name`. A frozen landmark branch, where the preset has one, loads the shipped 68-point weights
     unless `landmark_weights` names another file, or is None (left random, e.g. before
     loading a full checkpoint that contains them)."""
     spec = model_spec(name)
     model = spec.build(model_config(name, **overrides), name)
-    if landmark_weights is not None:
+    if landmark_weights is not None and hasattr(model, "landmarks"):
         load_landmark_weights(model, shipped_landmark_weights() if landmark_weights == "shipped" else landmark_weights)
     return model

@@ -25,23 +25,33 @@ class ServingModel(nn.Module):
     `serve` picks argmax l_p ("primary", what ARBEx predicts) or the anchor-corrected
     distribution ("corrected"); `temperature` is the fitted calibration
     temperature, applied to the primary logits or to the log of the corrected
-    distribution.
+    distribution. `tta_flip` averages each image with its mirror first (logits
+    for primary, distributions for corrected), as `grefel.engine.predict` does.
     """
 
-    def __init__(self, model: nn.Module, serve: str = "primary", temperature: float = 1.0):
+    def __init__(self, model: nn.Module, serve: str = "primary", temperature: float = 1.0, tta_flip: bool = False):
         super().__init__()
         if serve not in SERVE_CHOICES:
             raise ValueError(f"serve must be one of {SERVE_CHOICES}, got {serve!r}")
         self.model = model.eval()
         self.serve = serve
         self.temperature = float(temperature)
+        self.tta_flip = tta_flip
 
     def train(self, mode: bool = True) -> "ServingModel":
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
-        logits = out.logits if self.serve == "primary" else out.corrected.clamp_min(EPS).log()
+        if self.serve == "primary":
+            logits = out.logits
+            if self.tta_flip:
+                logits = (logits + self.model(x.flip(-1)).logits) / 2
+        else:
+            dist = out.corrected
+            if self.tta_flip:
+                dist = (dist + self.model(x.flip(-1)).corrected) / 2
+            logits = dist.clamp_min(EPS).log()
         return F.softmax(logits / self.temperature, dim=-1)
 
 

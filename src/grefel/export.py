@@ -1,0 +1,36 @@
+"""`grefel export`: a checkpoint to ONNX (dynamic batch), calibrated probabilities out."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def export_checkpoint(checkpoint: str | os.PathLike | None, output: str | os.PathLike, opset: int = 17) -> Path:
+    """Export the ServingModel of `checkpoint` (the shipped model when None) to `output`."""
+    from grefel.checkpoint import build_from_checkpoint, resolve_checkpoint
+    from grefel.models.serving import ServingModel, export_onnx
+
+    model, info = build_from_checkpoint(resolve_checkpoint(checkpoint))
+    serving = ServingModel(model, info["serve"], float(info["temperature"]), bool(info.get("tta_flip", False)))
+    size, channels = info["input"]["size"], info["input"]["channels"]
+    export_onnx(serving, output, (2, channels, size, size), opset=opset)
+    return Path(output)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("export", help="export a checkpoint to ONNX",
+                                   description="Write the checkpoint (the shipped model by default) as ONNX: input "
+                                               "`image` (N, C, S, S) in [0, 1], output `probabilities` (N, classes), "
+                                               "calibrated, dynamic batch.")
+    parser.add_argument("--checkpoint", help="X.safetensors (with X.json); default: the shipped model")
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    path = export_checkpoint(args.checkpoint, args.output, args.opset)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0

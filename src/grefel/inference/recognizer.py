@@ -1,0 +1,251 @@
+"""`Recognizer`: any photo, folder or video to per-face expressions, offline.
+
+Detection (YuNet), alignment onto the template the training crops match,
+conversion to the checkpoint's input (size, grey/RGB), then the model's
+calibrated probabilities. The same preprocessing serves training crops
+(`grefel.inference.faces.align_face`), so what the model sees at inference is
+what it saw in training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from grefel.data.images import decode_image, resize_square
+from grefel.data.transforms import eval_transform
+from grefel.errors import ConfigError, DataError
+from grefel.inference.faces import Face, FaceDetector, align_face
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+BACKENDS = ("torch", "onnx")
+
+
+@dataclass
+class FaceResult:
+    box: list[float]                 # x, y, w, h in source pixels (the whole image with detect=False)
+    score: float                     # detector score (1.0 with detect=False)
+    label: str
+    confidence: float                # probability of `label`
+    probabilities: dict[str, float]  # over every class, calibrated
+    landmarks: list[list[float]] | None = None  # 5 points (x, y), when detected
+
+
+@dataclass
+class ImageResult:
+    source: str
+    width: int
+    height: int
+    faces: list[FaceResult] = field(default_factory=list)
+    frame: int | None = None         # frame index, for videos
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """RGB uint8 (H, W, 3); DataError naming the file if it cannot be read or decoded."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    image = decode_image(data, "rgb")
+    if image is None:
+        raise DataError(f"{path}: not a decodable image")
+    return image
+
+
+class Recognizer:
+    """A trained checkpoint (the shipped FERPlus model by default) ready for inference.
+
+    >>> rec = Recognizer()                      # offline, shipped model
+    >>> result = rec.predict("photo.jpg")       # ImageResult with one FaceResult per face
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, *, device: str = "cpu",
+                 backend: str = "torch", detect: bool = True, min_face_size: int = 0,
+                 score_threshold: float = 0.7, batch_size: int = 64, onnx_path: str | os.PathLike | None = None):
+        from grefel.checkpoint import read_model_checkpoint, resolve_checkpoint
+
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        self.checkpoint = resolve_checkpoint(checkpoint)
+        _, self.info = read_model_checkpoint(self.checkpoint)
+        self.classes: list[str] = list(self.info["class_names"])
+        prep = self.info["preprocessing"]
+        self.crop_size, self.color = int(prep["crop_size"]), prep["color"]
+        self.transform = eval_transform(self.info["input"]["size"], self.info["input"]["channels"])
+        self.batch_size = batch_size
+        self.detector = FaceDetector(score_threshold=score_threshold, min_face_size=min_face_size) if detect else None
+        self.backend = backend
+        if backend == "torch":
+            self._model, self._device = self._torch_model(device)
+        else:
+            self._session = self._onnx_session(onnx_path)
+
+    # ---- backends ---------------------------------------------------------------------------
+
+    def serving_model(self):
+        """The checkpoint as a ServingModel (eval mode): what both backends compute."""
+        from grefel.checkpoint import build_from_checkpoint
+        from grefel.models.serving import ServingModel
+
+        model, info = build_from_checkpoint(self.checkpoint)
+        return ServingModel(model, info["serve"], float(info["temperature"]), bool(info.get("tta_flip", False)))
+
+    def _torch_model(self, device: str):
+        import torch
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device cuda: no CUDA device is available")
+        dev = torch.device(device)
+        return self.serving_model().to(dev).to(memory_format=torch.channels_last), dev
+
+    def _onnx_session(self, onnx_path: str | os.PathLike | None):
+        import onnxruntime as ort
+
+        path = Path(onnx_path) if onnx_path else self.checkpoint.with_suffix(".onnx")
+        if not path.is_file():
+            from grefel.export import export_checkpoint
+            export_checkpoint(self.checkpoint, path)
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Calibrated class probabilities (N, C) of aligned face crops (uint8, any size, grey or RGB)."""
+        if not crops:
+            return np.zeros((0, len(self.classes)), np.float32)
+        out = []
+        for start in range(0, len(crops), self.batch_size):
+            x = np.stack([self.transform(c).numpy() for c in crops[start:start + self.batch_size]])
+            out.append(self._run(x))
+        return np.concatenate(out)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.backend == "onnx":
+            return self._session.run(None, {"image": x})[0]
+        import torch
+
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(self._device).contiguous(memory_format=torch.channels_last)
+            return self._model(t).float().cpu().numpy()
+
+    # ---- faces ------------------------------------------------------------------------------
+
+    def crops(self, image: np.ndarray) -> list[tuple[Face | None, np.ndarray]]:
+        """Aligned crops of every face in an RGB or grey image (the whole image with detect=False)."""
+        if self.detector is None:
+            return [(None, resize_square(_to(image, self.color), self.crop_size))]
+        return [(face, align_face(image, face.landmarks, self.crop_size, self.color))
+                for face in self.detector.detect(image)]
+
+    def _result(self, source: str, image: np.ndarray, faces: list[Face | None], probs: np.ndarray,
+                frame: int | None = None) -> ImageResult:
+        h, w = image.shape[:2]
+        result = ImageResult(source=source, width=w, height=h, frame=frame)
+        for face, p in zip(faces, probs):
+            k = int(p.argmax())
+            result.faces.append(FaceResult(
+                box=[float(v) for v in face.box] if face else [0.0, 0.0, float(w), float(h)],
+                score=float(face.score) if face else 1.0, label=self.classes[k], confidence=float(p[k]),
+                probabilities={c: float(v) for c, v in zip(self.classes, p)},
+                landmarks=face.landmarks.tolist() if face else None))
+        return result
+
+    # ---- public API -------------------------------------------------------------------------
+
+    def predict(self, inputs: np.ndarray | str | os.PathLike | Sequence[np.ndarray | str | os.PathLike]
+                ) -> ImageResult | list[ImageResult]:
+        """One image (RGB uint8 array or path) -> ImageResult; a list -> list of ImageResults.
+
+        Faces of all the images are classified together in batches.
+        """
+        single = isinstance(inputs, (np.ndarray, str, os.PathLike))
+        items = [inputs] if single else list(inputs)
+        results = list(self.iter_predict(items))
+        return results[0] if single else results
+
+    def iter_predict(self, items: Iterable[np.ndarray | str | os.PathLike]) -> Iterator[ImageResult]:
+        """Results in input order; faces are batched across images."""
+        def entries():
+            for i, item in enumerate(items):
+                if isinstance(item, np.ndarray):
+                    yield f"<array {i}>", item, None
+                else:
+                    yield str(item), read_image(item), None
+        return self._batched(entries())
+
+    def predict_video(self, path: str | os.PathLike, every: int = 1) -> Iterator[ImageResult]:
+        """Per-frame results of every `every`-th frame, read lazily; faces batched across frames.
+
+        A truncated or corrupt video stops at its last readable frame with a warning.
+        """
+        source = str(path)
+        return self._batched((source, frame, index) for index, frame in video_frames(path, every))
+
+    def _batched(self, entries: Iterable[tuple[str, np.ndarray, int | None]]) -> Iterator[ImageResult]:
+        """Detect and crop per image, classify the crops of several images together, yield in order."""
+        pending: list[tuple[str, np.ndarray, list[Face | None], list[np.ndarray], int | None]] = []
+        waiting = 0
+        for source, image, frame in entries:
+            pairs = self.crops(image)
+            pending.append((source, image, [f for f, _ in pairs], [c for _, c in pairs], frame))
+            waiting += len(pairs)
+            if waiting >= self.batch_size:
+                yield from self._flush(pending)
+                pending, waiting = [], 0
+        yield from self._flush(pending)
+
+    def _flush(self, pending) -> Iterator[ImageResult]:
+        probs = self.classify([c for *_, crops, _ in pending for c in crops])
+        offset = 0
+        for source, image, faces, crops, frame in pending:
+            yield self._result(source, image, faces, probs[offset:offset + len(crops)], frame)
+            offset += len(crops)
+
+
+def _to(image: np.ndarray, color: str) -> np.ndarray:
+    if color == "grey":
+        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+
+
+def video_frames(path: str | os.PathLike, every: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, RGB frame) of every `every`-th frame, one frame in memory at a time."""
+    import warnings
+
+    if every < 1:
+        raise ConfigError(f"every: expected a positive frame step, got {every}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        raise DataError(f"{path}: not a readable video")
+    expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    index = -1
+    try:
+        while True:
+            ok = capture.grab()
+            if not ok:
+                break
+            index += 1
+            if index % every:
+                continue
+            ok, frame = capture.retrieve()
+            if not ok or frame is None:
+                break
+            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+        capture.release()
+    if expected and index + 1 < expected:
+        warnings.warn(f"{path}: stopped at frame {index + 1} of {expected} (truncated or corrupt video)",
+                      stacklevel=2)
