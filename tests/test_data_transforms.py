@@ -71,6 +71,39 @@ def test_train_transform_randomness(faces):
         train_transform(64, 2, AugmentConfig())
 
 
+def test_albumentations_backend(faces):
+    aug = AugmentConfig(backend="albumentations", erasing=1.0)
+    transform = pickle.loads(pickle.dumps(train_transform(48, 3, aug)))
+    np.random.seed(3)
+    first = torch.stack([transform(faces.images[i]) for i in range(6)])
+    assert first.shape == (6, 3, 48, 48) and 0.0 <= first.min() and first.max() <= 1.0
+    assert (first == 0).flatten(1).sum(1).min() > 0  # erased pixels in each
+    again = train_transform(48, 3, aug)
+    np.random.seed(3)  # seeded from NumPy's generator, as DataLoader seeds it per worker
+    assert torch.equal(first, torch.stack([again(faces.images[i]) for i in range(6)]))
+    plain = train_transform(48, 1, AugmentConfig(**{**NO_AUG.__dict__, "backend": "albumentations"}))
+    assert (plain(faces.images[2]) - eval_transform(48, 1)(faces.images[2])).abs().max() <= 2 / 255
+    with pytest.raises(ConfigError, match="landmark_cache"):
+        train_transform(48, 3, aug, with_geometry=True)
+    with pytest.raises(ConfigError, match="augment.backend"):
+        AugmentConfig(backend="kornia")
+
+
+def test_train_transform_reports_its_warp(faces):
+    """theta maps output to source in normalised coordinates: resampling the eval image with it
+    reproduces the augmented image."""
+    np.random.seed(1)
+    transform = train_transform(48, 1, AugmentConfig(brightness=0, contrast=0, erasing=0), with_geometry=True)
+    image = faces.images[3]
+    out, theta = transform(image)
+    grid = torch.nn.functional.affine_grid(torch.from_numpy(theta)[None], [1, 1, 48, 48], align_corners=False)
+    again = torch.nn.functional.grid_sample(eval_transform(48, 1)(image)[None], grid, padding_mode="reflection",
+                                            align_corners=False)[0]
+    inside = (grid[0].abs() < 1 - 2 / 48).all(-1)  # compare where the source pixel lies inside the image
+    assert inside.float().mean() > 0.6
+    assert (again - out)[:, inside].abs().mean() < 1 / 255
+
+
 def test_samples_and_collate(faces):
     faces = faces.subset(range(10))
     sample = faces[3]

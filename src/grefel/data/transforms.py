@@ -43,8 +43,12 @@ class AugmentConfig:
     contrast: float = 0.2
     erasing: float = 0.25       # probability of one random erased rectangle
     random_resized_crop: float = 0.0  # > 0: RandomResizedCrop, this min area (POSTER-style); replaces shift/scale
+    backend: str = "fused"      # fused: one cv2 warp per image (fast); albumentations: the same
+                                # augmentations as an Albumentations pipeline (measured slower, see module doc)
 
     def __post_init__(self) -> None:
+        if self.backend not in ("fused", "albumentations"):
+            raise ConfigError(f"augment.backend = {self.backend!r}: expected fused or albumentations")
         for name in ("hflip", "erasing", "random_resized_crop"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment.{name} = {getattr(self, name)!r}: expected a value in [0, 1]")
@@ -160,7 +164,50 @@ class TrainTransform:
         out[top:top + eh, left:left + ew] = 0
 
 
-def train_transform(size: int, in_chans: int, aug: AugmentConfig, with_geometry: bool = False) -> TrainTransform:
+class AlbumentationsTrainTransform:
+    """The training augmentations as an Albumentations pipeline (augment.backend = albumentations).
+
+    Same parameters as TrainTransform: Affine (shift, scale, rotation, reflected border)
+    or RandomResizedCrop, HorizontalFlip, RandomBrightnessContrast, Erasing, Resize.
+    Albumentations keeps its own generator; it is seeded from NumPy's global generator
+    in each process (which DataLoader seeds per worker), so runs stay reproducible.
+    """
+
+    def __init__(self, size: int, in_chans: int, aug: AugmentConfig):
+        import albumentations as A
+
+        _check(size, in_chans)
+        self.size, self.in_chans, self.aug = size, in_chans, aug
+        if aug.random_resized_crop > 0:
+            geometry = [A.RandomResizedCrop((size, size), scale=(aug.random_resized_crop, 1.0), p=1.0)]
+        else:
+            geometry = [A.Affine(scale=(1 - aug.scale, 1 + aug.scale), translate_percent=(-aug.shift, aug.shift),
+                                 rotate=(-aug.rotate, aug.rotate), border_mode=cv2.BORDER_REFLECT_101, p=1.0),
+                        A.Resize(size, size)]
+        self.pipeline = A.Compose(geometry + [
+            A.HorizontalFlip(p=aug.hflip),
+            A.RandomBrightnessContrast(brightness_limit=aug.brightness, contrast_limit=aug.contrast, p=1.0),
+            A.Erasing(scale=ERASE_AREA, ratio=(0.3, 3.3), fill=0, p=aug.erasing),
+        ])
+        self._seeded_pid: int | None = None
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        import os
+
+        if self._seeded_pid != os.getpid():
+            self.pipeline.set_random_seed(int(np.random.randint(2**31)))
+            self._seeded_pid = os.getpid()
+        image = _prepare(image, self.size, self.in_chans)
+        return image_to_tensor(self.pipeline(image=image)["image"], self.in_chans)
+
+
+def train_transform(size: int, in_chans: int, aug: AugmentConfig,
+                    with_geometry: bool = False) -> TrainTransform | AlbumentationsTrainTransform:
+    if aug.backend == "albumentations":
+        if with_geometry:
+            raise ConfigError("augment.backend = albumentations does not report the warp that landmark_cache "
+                              "needs; use the fused backend or landmark_cache: false")
+        return AlbumentationsTrainTransform(size, in_chans, aug)
     return TrainTransform(size, in_chans, aug, with_geometry)
 
 
