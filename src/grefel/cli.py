@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "grefel.training",
     "grefel.evaluation",
     "grefel.export",
+    "grefel.model_store",
 )
 
 
