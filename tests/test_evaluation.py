@@ -1,0 +1,118 @@
+"""grefel evaluate / calibrate on a trained tiny checkpoint and real FERPlus crops."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import FERPLUS_ROOT, REPO_ROOT
+from grefel.labels import CANONICAL_CLASSES
+from grefel.training import load_config, train
+from training_helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("eval-run")
+    os.environ.setdefault("GREFEL_CACHE_DIR", str(tmp / "cache"))
+    train(load_config(str(tiny_config(tmp, epochs=1)), []), tmp / "run")
+    return tmp / "run" / "checkpoints" / "best.safetensors"
+
+
+@pytest.fixture(scope="module")
+def seven_class_folder(tmp_path_factory) -> Path:
+    """FERPlus valid crops in class folders (RAF-DB-like names), without contempt: 7 classes."""
+    root = tmp_path_factory.mktemp("folder")
+    rows = (FERPLUS_ROOT / "FER2013Valid" / "label.csv").read_text().splitlines()
+    names = {"neutral": "neutral", "happiness": "happy", "surprise": "surprised", "sadness": "sad",
+             "anger": "angry", "disgust": "disgusted", "fear": "fearful"}
+    count = 0
+    for row in rows:
+        parts = row.split(",")
+        votes = np.array([int(v) for v in parts[-10:]])
+        top = int(votes.argmax())
+        if top >= 7 or votes[top] * 2 <= votes.sum():
+            continue
+        folder = root / names[CANONICAL_CLASSES[top]]
+        folder.mkdir(exist_ok=True)
+        shutil.copy(FERPLUS_ROOT / "FER2013Valid" / parts[0], folder / parts[0])
+        count += 1
+        if count == 120:
+            break
+    return root
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grefel", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_evaluate_report_json_and_plots(checkpoint, tmp_path):
+    out = tmp_path / "report.json"
+    proc = run("evaluate", "--checkpoint", str(checkpoint), "--data-root", str(FERPLUS_ROOT), "--split", "valid",
+               "--output-json", str(out), "--plots", str(tmp_path / "plots"), "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert "mean class accuracy" in proc.stdout and "confusion matrix" in proc.stdout
+    report = json.loads(out.read_text())
+    for key in ("num_samples", "accuracy", "mean_class_accuracy", "macro_f1", "nll", "ece", "per_class_recall",
+                "confusion_matrix", "class_names", "corrected_accuracy", "primary_accuracy"):
+        assert key in report, key
+    assert report["num_samples"] == 3191 and report["class_names"] == list(CANONICAL_CLASSES)
+    assert np.array(report["confusion_matrix"]).sum() == 3191
+    for name in ("confusion_matrix.png", "reliability_diagram.png"):
+        assert cv2.imread(str(tmp_path / "plots" / name)) is not None
+
+
+def test_seven_class_dataset_is_scored_on_the_shared_classes(checkpoint, seven_class_folder, tmp_path):
+    out = tmp_path / "report.json"
+    proc = run("evaluate", "--checkpoint", str(checkpoint), "--format", "folder", "--data-root",
+               str(seven_class_folder), "--color", "grey", "--image-size", "48", "--output-json", str(out),
+               "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["num_samples"] == 120 and len(report["class_names"]) <= 7 and "contempt" not in report["class_names"]
+    assert "shared by the dataset" in report["note"] and "note:" in proc.stdout
+
+
+def test_calibrate_writes_a_temperature_that_lowers_nll(checkpoint, tmp_path):
+    target = tmp_path / "calibrated"
+    proc = run("calibrate", "--checkpoint", str(checkpoint), "--data-root", str(FERPLUS_ROOT),
+               "--output", str(target), "--workers", "0")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(target.with_suffix(".json").read_text())
+    cal = info["calibration"]
+    assert info["temperature"] != 1.0 and cal["nll_after"] <= cal["nll_before"] + 1e-9
+    assert json.loads(checkpoint.with_suffix(".json").read_text())["temperature"] == 1.0  # source untouched
+    report = tmp_path / "r.json"
+    assert run("evaluate", "--checkpoint", str(target.with_suffix(".safetensors")), "--data-root",
+               str(FERPLUS_ROOT), "--split", "valid", "--output-json", str(report), "--workers", "0").returncode == 0
+    assert json.loads(report.read_text())["nll"] == pytest.approx(cal["nll_after"], rel=1e-6)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda info: info.update(class_names=list(reversed(info["class_names"]))), "canonical order"),
+    (lambda info: info.update(preset="grefel_giant"), "unknown preset"),
+    (lambda info: info.update(temperature=-1), "temperature"),
+    (lambda info: info.update(weights_sha256="0" * 64), "sha256"),
+])
+def test_tampered_checkpoint_is_refused_in_one_line(checkpoint, tmp_path, mutate, message):
+    copy = tmp_path / "bad.safetensors"
+    shutil.copy(checkpoint, copy)
+    info = json.loads(checkpoint.with_suffix(".json").read_text())
+    mutate(info)
+    copy.with_suffix(".json").write_text(json.dumps(info))
+    proc = run("evaluate", "--checkpoint", str(copy), "--data-root", str(FERPLUS_ROOT), "--split", "valid")
+    assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    proc = run("evaluate", "--checkpoint", str(tmp_path / "none.safetensors"), "--data-root", str(FERPLUS_ROOT))
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
