@@ -1,0 +1,112 @@
+"""Read one file field from a multipart body, bounded in size and time, without spooling.
+
+FastAPI's `UploadFile` parses the whole body (to a temp file) before the
+endpoint runs and accepts a body cut off before its closing boundary. Here the
+body is counted as it streams, refused at the first byte over the limit, and
+only the wanted part is kept in memory (never more than the limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+
+class UploadError(Exception):
+    """A request whose body cannot be accepted; `status` is the HTTP code to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _FieldCollector:
+    """python-multipart callbacks that keep the data of the part named `field`."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field.encode()
+        self.data: bytearray | None = None
+        self.complete = False
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._capturing = False
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin, "on_header_field": self._header_field,
+            "on_header_value": self._header_value_part, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers, self._capturing = {}, False
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_part(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_name).lower()] = bytes(self._header_value)
+        self._header_name, self._header_value = bytearray(), bytearray()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition"))
+        if options.get(b"name") != self.field:
+            return
+        if self.data is not None:
+            raise UploadError(400, f"more than one {self.field.decode()!r} field; send one image")
+        self.data, self._capturing = bytearray(), True
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._capturing:
+            self.data += data[start:end]
+
+    def _end(self) -> None:
+        self.complete = True
+
+
+async def read_file_field(request: Request, field: str, max_bytes: int, timeout_s: float) -> bytearray:
+    """The bytes of form field `field`; UploadError (413, 408, 400 or 422) when the body is not acceptable."""
+    kind, params = parse_options_header(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise UploadError(400, f"expected a multipart/form-data body with a {field!r} field")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise UploadError(400, f"Content-Length {declared[:20]!r} is not a byte count")
+        if int(declared) > max_bytes:
+            raise UploadError(413, f"body of {int(declared)} bytes is over the {max_bytes}-byte upload limit")
+    collector = _FieldCollector(field)
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())
+    except ValueError as exc:  # FormParserError (a ValueError): boundary too long
+        raise UploadError(400, f"malformed multipart body ({exc})") from None
+
+    async def consume() -> None:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)  # counted as it arrives: chunked bodies declare no length
+            if received > max_bytes:
+                raise UploadError(413, f"body is over the {max_bytes}-byte upload limit")
+            parser.write(chunk)
+
+    try:
+        await asyncio.wait_for(consume(), timeout_s)
+    except asyncio.TimeoutError:
+        raise UploadError(408, f"body not received within {timeout_s:g} s") from None
+    except MultipartParseError as exc:
+        raise UploadError(400, f"malformed multipart body ({exc})") from None
+    except ClientDisconnect:
+        raise UploadError(400, "client disconnected before the body was complete") from None
+    if not collector.complete:
+        raise UploadError(400, "truncated multipart body (no closing boundary)")
+    if collector.data is None:
+        raise UploadError(422, f"missing form field {field!r} (the image to analyse)")
+    return collector.data

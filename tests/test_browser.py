@@ -1,0 +1,100 @@
+"""The web page of `grefel serve`, driven in headless Chromium: upload a photo, see a face card.
+
+Uses Debian's chromium (CI installs it with `apt-get install -y chromium`), not a
+browser downloaded by `playwright install`: nothing is fetched at test time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from conftest import PHOTOS_DIR
+from grefel.labels import CANONICAL_CLASSES
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def served_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`grefel serve --port 0` in a subprocess; the URL it prints, once /health answers."""
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "grefel", "serve", "--port", "0"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (match := re.search(r"(http://127\.0\.0\.1:\d+)/", log.read_text())):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("grefel serve did not start:\n" + log.read_text())
+            time.sleep(0.1)
+        url = match.group(1)
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("grefel serve did not answer /health within 60 s:\n" + log.read_text())
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Browser:
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: the browser tests need Debian's chromium; "
+                    "install it with `apt-get install -y chromium` (CI does)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def test_upload_shows_face_card_with_bars(browser: Browser, served_url: str) -> None:
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(served_url + "/")
+    page.set_input_files("#file-input", str(PHOTOS_DIR / "astronaut.png"))
+    card = page.locator(".face-card").first
+    card.wait_for(timeout=60_000)
+    assert page.locator(".face-card").count() == 1
+    assert card.locator(".face-label").inner_text().strip().lower() in CANONICAL_CLASSES
+    bars = card.locator("[data-testid=bar]")
+    assert bars.count() == len(CANONICAL_CLASSES)
+    widths = [bars.nth(i).locator(".bar-fill").evaluate("e => parseFloat(e.style.width)") for i in range(bars.count())]
+    assert sum(widths) == pytest.approx(100, abs=0.5)
+    assert page.locator("#error").is_hidden()
+    assert page.locator("#preview").evaluate("c => c.width") == 512
+    if os.environ.get("GREFEL_SCREENSHOT"):
+        page.screenshot(path=os.environ["GREFEL_SCREENSHOT"], full_page=True)
+    page.close()
+
+
+def test_api_error_is_shown(browser: Browser, served_url: str, tmp_path: Path) -> None:
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is text, not a photo\n")
+    page = browser.new_page()
+    page.goto(served_url + "/")
+    page.set_input_files("#file-input", str(not_an_image))
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=30_000)
+    assert "not a decodable image" in error.inner_text()
+    page.close()
