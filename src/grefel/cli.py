@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "grefel.training",
     "grefel.evaluation",
     "grefel.export",
+    "grefel.inference.cli",
+    "grefel.serve.cli",
     "grefel.model_store",
 )
 

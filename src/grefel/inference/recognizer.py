@@ -78,6 +78,8 @@ class Recognizer:
 
         if backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size: expected a positive number of faces per batch, got {batch_size}")
         self.checkpoint = resolve_checkpoint(checkpoint)
         _, self.info = read_model_checkpoint(self.checkpoint)
         self.classes: list[str] = list(self.info["class_names"])
@@ -90,7 +92,7 @@ class Recognizer:
         if backend == "torch":
             self._model, self._device = self._torch_model(device)
         else:
-            self._session = self._onnx_session(onnx_path)
+            self._session = self._onnx_session(onnx_path, device)
 
     # ---- backends ---------------------------------------------------------------------------
 
@@ -110,14 +112,38 @@ class Recognizer:
         dev = torch.device(device)
         return self.serving_model().to(dev).to(memory_format=torch.channels_last), dev
 
-    def _onnx_session(self, onnx_path: str | os.PathLike | None):
+    def _onnx_session(self, onnx_path: str | os.PathLike | None, device: str):
         import onnxruntime as ort
 
-        path = Path(onnx_path) if onnx_path else self.checkpoint.with_suffix(".onnx")
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ConfigError("device cuda with backend onnx: this onnxruntime has no CUDAExecutionProvider "
+                                  "(install onnxruntime-gpu)")
+            providers.insert(0, "CUDAExecutionProvider")
+        path = Path(onnx_path) if onnx_path else self._onnx_cache_path()
         if not path.is_file():
             from grefel.export import export_checkpoint
             export_checkpoint(self.checkpoint, path)
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), providers=providers)
+
+    def _onnx_cache_path(self) -> Path:
+        """Where the exported model of this checkpoint lives: the grefel cache, keyed by content.
+
+        Not beside the checkpoint: the shipped one sits in site-packages, which may
+        be read-only, and `grefel calibrate` rewrites the temperature in the JSON
+        without touching the weights, so a file found by name could be stale. The
+        key covers the weights and everything else the exported graph bakes in.
+        """
+        import hashlib
+        import json
+
+        from grefel.data.cache import default_cache_dir
+
+        weights = self.info.get("weights_sha256") or hashlib.sha256(self.checkpoint.read_bytes()).hexdigest()
+        baked = {k: self.info.get(k) for k in ("preset", "model", "input", "serve", "temperature", "tta_flip")}
+        key = hashlib.sha256(json.dumps([weights, baked], sort_keys=True).encode()).hexdigest()
+        return default_cache_dir() / "onnx" / f"{key[:32]}.onnx"
 
     def classify(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Calibrated class probabilities (N, C) of aligned face crops (uint8, any size, grey or RGB)."""
@@ -147,9 +173,9 @@ class Recognizer:
         return [(face, align_face(image, face.landmarks, self.crop_size, self.color))
                 for face in self.detector.detect(image)]
 
-    def _result(self, source: str, image: np.ndarray, faces: list[Face | None], probs: np.ndarray,
+    def _result(self, source: str, shape: tuple[int, ...], faces: list[Face | None], probs: np.ndarray,
                 frame: int | None = None) -> ImageResult:
-        h, w = image.shape[:2]
+        h, w = shape[:2]
         result = ImageResult(source=source, width=w, height=h, frame=frame)
         for face, p in zip(faces, probs):
             k = int(p.argmax())
@@ -181,7 +207,7 @@ class Recognizer:
                     yield f"<array {i}>", item, None
                 else:
                     yield str(item), read_image(item), None
-        return self._batched(entries())
+        return self.predict_entries(entries())
 
     def predict_video(self, path: str | os.PathLike, every: int = 1) -> Iterator[ImageResult]:
         """Per-frame results of every `every`-th frame, read lazily; faces batched across frames.
@@ -189,17 +215,23 @@ class Recognizer:
         A truncated or corrupt video stops at its last readable frame with a warning.
         """
         source = str(path)
-        return self._batched((source, frame, index) for index, frame in video_frames(path, every))
+        return self.predict_entries((source, frame, index) for index, frame in video_frames(path, every))
 
-    def _batched(self, entries: Iterable[tuple[str, np.ndarray, int | None]]) -> Iterator[ImageResult]:
-        """Detect and crop per image, classify the crops of several images together, yield in order."""
-        pending: list[tuple[str, np.ndarray, list[Face | None], list[np.ndarray], int | None]] = []
+    def predict_entries(self, entries: Iterable[tuple[str, np.ndarray, int | None]]) -> Iterator[ImageResult]:
+        """(source, RGB image, frame or None) -> results in order; faces are batched across entries.
+
+        For callers that read images themselves (to skip unreadable files, or keep
+        frames for drawing): `entries` is consumed lazily, a batch at a time.
+        """
+        # Only the image's shape waits with its crops, and faceless entries count towards the batch
+        # too: a long video without faces must neither hold its frames nor hold back its results.
+        pending: list[tuple[str, tuple[int, ...], list[Face | None], list[np.ndarray], int | None]] = []
         waiting = 0
         for source, image, frame in entries:
             pairs = self.crops(image)
-            pending.append((source, image, [f for f, _ in pairs], [c for _, c in pairs], frame))
+            pending.append((source, image.shape, [f for f, _ in pairs], [c for _, c in pairs], frame))
             waiting += len(pairs)
-            if waiting >= self.batch_size:
+            if waiting >= self.batch_size or len(pending) >= self.batch_size:
                 yield from self._flush(pending)
                 pending, waiting = [], 0
         yield from self._flush(pending)
@@ -207,8 +239,8 @@ class Recognizer:
     def _flush(self, pending) -> Iterator[ImageResult]:
         probs = self.classify([c for *_, crops, _ in pending for c in crops])
         offset = 0
-        for source, image, faces, crops, frame in pending:
-            yield self._result(source, image, faces, probs[offset:offset + len(crops)], frame)
+        for source, shape, faces, crops, frame in pending:
+            yield self._result(source, shape, faces, probs[offset:offset + len(crops)], frame)
             offset += len(crops)
 
 

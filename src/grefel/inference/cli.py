@@ -1,0 +1,279 @@
+"""`grefel predict`: the expression of every face in photos, folders of photos and videos.
+
+Inputs are listed and checked before any work. Each image or video frame is
+read, detected and aligned in turn, and faces are classified in batches across
+images and frames (`Recognizer.predict_entries`), so memory stays bounded by
+the batch however long the video. A file that cannot be read is reported and
+skipped; the run goes on and the summary counts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, TextIO
+
+from grefel.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from grefel.inference.recognizer import ImageResult
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict", help="facial expressions in photos, folders and videos",
+        description="Detect faces, align them and predict their expression with a checkpoint (the shipped "
+                    "FERPlus model by default). Folders are searched recursively for images; videos are "
+                    "recognised by extension. Without --output, prints one line per face.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders and video files")
+    parser.add_argument("--checkpoint", help="X.safetensors (with X.json beside it); default: the shipped model")
+    parser.add_argument("--output", help="write results to FILE.json (at the end), FILE.jsonl or FILE.csv "
+                                         "(as they come, resumable)")
+    parser.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels drawn here, "
+                                                          "same names (folders mirrored; videos in mp4v)")
+    parser.add_argument("--batch-size", type=int, default=64, help="faces classified together (default 64)")
+    parser.add_argument("--min-face-size", type=int, default=0, help="ignore faces smaller than this (pixels)")
+    parser.add_argument("--score-threshold", type=float, default=0.7, help="face detector score (default 0.7)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--backend", default="torch", help="torch or onnx (exported once, then cached)")
+    parser.add_argument("--no-detect", action="store_true", help="each image is already a cropped face")
+    parser.add_argument("--every", type=int, default=1, metavar="N", help="videos: every N-th frame (default 1)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the images and frames already in the .jsonl/.csv --output and append the rest "
+                             "(an annotated video then holds only the frames processed by this run)")
+    parser.set_defaults(func=run)
+
+
+@dataclass
+class Job:
+    path: Path
+    kind: str             # "image", "video" or "skip"
+    relative: Path        # its annotated copy's place under --annotate
+    reason: str = ""      # why a "skip" is skipped
+
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
+
+def collect_jobs(inputs: list[str]) -> list[Job]:
+    """Every input in order; folders expanded (sorted, recursive, hidden files ignored)."""
+    from grefel.inference.recognizer import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+    missing = [name for name in inputs if not Path(name).exists()]
+    if missing:
+        more = f" (and {len(missing) - 1} more missing inputs)" if len(missing) > 1 else ""
+        raise DataError(f"{missing[0]}: no such file or directory{more}")
+    jobs = []
+    for name in inputs:
+        path = Path(name)
+        if not path.is_dir():
+            kind = "video" if path.suffix.lower() in VIDEO_EXTENSIONS else "image"
+            jobs.append(Job(path, kind, Path(path.name)))
+            continue
+        for file in sorted(path.rglob("*")):
+            relative = file.relative_to(path)
+            if any(part.startswith(".") for part in relative.parts) or not file.is_file():
+                continue
+            suffix = file.suffix.lower()
+            if suffix in IMAGE_EXTENSIONS:
+                jobs.append(Job(file, "image", relative))
+            elif suffix in VIDEO_EXTENSIONS:
+                jobs.append(Job(file, "skip", relative, "a video inside a folder (name videos as inputs)"))
+            else:
+                jobs.append(Job(file, "skip", relative, "not an image file"))
+    return jobs
+
+
+def annotation_targets(jobs: list[Job], directory: Path) -> dict[int, Path]:
+    """Where each job's annotated copy goes; refuses to overwrite an input or to write one place twice."""
+    from grefel.inference.output import annotated_video_name
+
+    targets: dict[int, Path] = {}
+    seen: dict[Path, Job] = {}
+    for i, job in enumerate(jobs):
+        if job.kind == "skip":
+            continue
+        target = directory / (annotated_video_name(job.relative) if job.kind == "video" else job.relative)
+        key = target.resolve()
+        if key == job.path.resolve():
+            raise ConfigError(f"--annotate {directory}: would overwrite the input {job.path}")
+        if key in seen:
+            raise ConfigError(f"--annotate {directory}: {seen[key].path} and {job.path} would both be "
+                              f"drawn to {target}")
+        seen[key] = job
+        targets[i] = target
+    return targets
+
+
+def video_info(path: Path) -> tuple[int, float]:
+    """(frame count, frames per second) from the container; (0, 0.0) when it cannot tell."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        capture.release()
+
+
+@dataclass
+class Tally:
+    images: int = 0
+    frames: int = 0
+    faces: int = 0
+    skipped: int = 0
+    resumed: int = 0      # images and frames already in the --resume output
+
+    def add(self, result: ImageResult) -> None:
+        self.faces += len(result.faces)
+        if result.frame is None:
+            self.images += 1
+        else:
+            self.frames += 1
+
+    def line(self, seconds: float, output: str | None) -> str:
+        def count(n: int, noun: str) -> str:
+            return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+        parts = [count(self.images, "image"), count(self.frames, "video frame"), count(self.faces, "face"),
+                 f"{self.skipped} skipped"]
+        if self.resumed:
+            parts.append(f"{self.resumed} already done")
+        return ", ".join(parts) + f", {seconds:.2f} s" + (f" -> {output}" if output else "")
+
+
+class Progress:
+    """A tqdm bar when stderr is a terminal; otherwise (logs, CI) a plain line at most every `period` seconds."""
+
+    def __init__(self, total: int, period: float = 10.0):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True) if sys.stderr.isatty() else None
+        self.total, self.done, self.period = total, 0, period
+        self.start = self.last = time.monotonic()
+
+    def update(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+            return
+        now = time.monotonic()
+        if now - self.last >= self.period:
+            self.last = now
+            print(f"grefel predict: {self.done}/{self.total} images and frames "
+                  f"({self.done / (now - self.start):.1f}/s)", file=sys.stderr, flush=True)
+
+    def write(self, line: str, file: TextIO) -> None:
+        """Print without tearing the bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=file)
+        else:
+            print(line, file=file, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    from grefel.inference.output import Annotator, check_output_path, open_writer
+    from grefel.inference.recognizer import Recognizer
+
+    start = time.perf_counter()
+    if args.every < 1:
+        raise ConfigError(f"--every {args.every}: expected a positive frame step")
+    if args.resume and not args.output:
+        raise ConfigError("--resume needs --output FILE.jsonl or FILE.csv to resume from")
+    output = check_output_path(args.output, args.resume) if args.output else None
+    jobs = collect_jobs(args.inputs)
+    targets = annotation_targets(jobs, Path(args.annotate)) if args.annotate else {}
+    recognizer = Recognizer(args.checkpoint, device=args.device, backend=args.backend, detect=not args.no_detect,
+                            min_face_size=args.min_face_size, score_threshold=args.score_threshold,
+                            batch_size=args.batch_size)
+    videos = {i: video_info(job.path) for i, job in enumerate(jobs) if job.kind == "video"}
+    progress = Progress(sum(1 for job in jobs if job.kind != "video")
+                        + sum(math.ceil(count / args.every) for count, _ in videos.values()))
+    # Annotated videos play the processed frames at the source rate over the step (25 fps when unknown).
+    annotator = Annotator(targets, {i: (fps or 25.0) / args.every for i, (_, fps) in videos.items()})
+    tally = Tally()
+    writer = None
+    with warnings.catch_warnings():
+        # A truncated video warns from the recognizer; say it in one line, like every other report here.
+        warnings.simplefilter("always", UserWarning)
+        warnings.showwarning = lambda message, *_, **__: progress.write(f"grefel predict: warning: {message}",
+                                                                        sys.stderr)
+        try:
+            writer, done = open_writer(output, recognizer.classes, args.resume,
+                                       lambda line: progress.write(line, sys.stdout))
+            pending: deque[tuple[int, np.ndarray | None]] = deque()
+            for result in recognizer.predict_entries(_entries(jobs, done, args.every, targets, pending, tally,
+                                                              progress)):
+                i, image = pending.popleft()
+                writer.write(result)
+                tally.add(result)
+                progress.update()
+                annotator.add(i, image, result)
+        except BaseException:
+            if writer is not None:
+                writer.close(complete=False)
+            annotator.close(complete=False)
+            raise
+        finally:
+            progress.close()
+        writer.close()
+        annotator.close()
+    print(tally.line(time.perf_counter() - start, args.output))
+    return 0
+
+
+def _entries(jobs: list[Job], done: set[tuple[str, int | None]], every: int, targets: dict[int, Path],
+             pending: deque[tuple[int, np.ndarray | None]], tally: Tally,
+             progress: Progress) -> Iterator[tuple[str, np.ndarray, int | None]]:
+    """(source, RGB image, frame) of every image and frame still to do, read lazily.
+
+    Each one yielded is also queued on `pending` as (job index, its pixels when they are
+    to be drawn), for the consumer to pop as its result arrives.
+    """
+    from grefel.inference.recognizer import read_image, video_frames
+
+    def skip(message: str) -> None:
+        tally.skipped += 1
+        progress.write(f"grefel predict: skipped {message}", sys.stderr)
+        progress.update()
+
+    for i, job in enumerate(jobs):
+        if job.kind == "skip":
+            skip(f"{job.path}: {job.reason}")
+        elif job.kind == "image":
+            if (job.source, None) in done:
+                tally.resumed += 1
+                progress.update()
+                continue
+            try:
+                image = read_image(job.path)
+            except DataError as exc:
+                skip(str(exc))
+                continue
+            pending.append((i, image if i in targets else None))
+            yield job.source, image, None
+        else:
+            try:
+                for index, frame in video_frames(job.path, every):
+                    if (job.source, index) in done:
+                        tally.resumed += 1
+                        progress.update()
+                        continue
+                    pending.append((i, frame if i in targets else None))
+                    yield job.source, frame, index
+            except DataError as exc:      # raised on opening, before any frame
+                skip(str(exc))

@@ -1,0 +1,311 @@
+"""Where `grefel predict` results go: readable lines, JSON, JSONL or CSV, and annotated copies.
+
+JSON is one list written atomically at the end. JSONL (one record per image or
+frame) and CSV (one row per face; one row with empty face fields for an image
+without faces, so it still counts as done) are appended and flushed record by
+record, so an interrupted run keeps what it finished and `--resume` continues
+it: `open_writer` first cuts an existing file back to its last complete record
+and reports the (source, frame) keys already in it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Protocol, TextIO
+
+import cv2
+import numpy as np
+
+from grefel.errors import ConfigError, DataError
+from grefel.fileio import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
+from grefel.inference.recognizer import FaceResult, ImageResult
+
+OUTPUT_SUFFIXES = (".json", ".jsonl", ".csv")
+RESUMABLE_SUFFIXES = (".jsonl", ".csv")
+FACE_COLUMNS = ("face", "x", "y", "w", "h", "score", "label", "confidence")
+
+Key = tuple[str, int | None]   # (source, frame); frame is None for images
+
+
+def check_output_path(path: str | os.PathLike, resume: bool) -> Path:
+    """The output file, its kind checked before any work is done."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"--output {path}: expected a {', '.join(OUTPUT_SUFFIXES)} file")
+    if resume and path.suffix.lower() not in RESUMABLE_SUFFIXES:
+        raise ConfigError(f"--resume needs a {' or '.join(RESUMABLE_SUFFIXES)} output (written as it goes), "
+                          f"got {path}")
+    if path.is_dir():
+        raise ConfigError(f"--output {path}: is a directory, expected a file")
+    return path
+
+
+def face_record(face: FaceResult) -> dict[str, Any]:
+    """One face as stored: pixels to 0.01, scores and probabilities to 1e-6 (well inside any tolerance)."""
+    return {"box": [round(v, 2) for v in face.box], "score": round(face.score, 6), "label": face.label,
+            "confidence": round(face.confidence, 6),
+            "probabilities": {c: round(p, 6) for c, p in face.probabilities.items()},
+            "landmarks": [[round(v, 2) for v in point] for point in face.landmarks] if face.landmarks else None}
+
+
+def image_record(result: ImageResult) -> dict[str, Any]:
+    return {"source": result.source, "frame": result.frame, "width": result.width, "height": result.height,
+            "faces": [face_record(face) for face in result.faces]}
+
+
+def describe(result: ImageResult) -> list[str]:
+    """Readable lines: `photo.jpg: face 1 at (178,63,90,113) happiness 0.93`, or `photo.jpg: no face`."""
+    where = result.source if result.frame is None else f"{result.source} frame {result.frame}"
+    if not result.faces:
+        return [f"{where}: no face"]
+    return [f"{where}: face {i} at ({','.join(str(round(v)) for v in face.box)}) {face.label} {face.confidence:.2f}"
+            for i, face in enumerate(result.faces, 1)]
+
+
+class ResultWriter(Protocol):
+    def write(self, result: ImageResult) -> None: ...
+
+    def close(self, complete: bool = True) -> None:
+        """Finish; JSON is written only after a complete run, incremental files keep what they have."""
+
+
+class ConsoleWriter:
+    def __init__(self, echo: Callable[[str], None]):
+        self.echo = echo
+
+    def write(self, result: ImageResult) -> None:
+        for line in describe(result):
+            self.echo(line)
+
+    def close(self, complete: bool = True) -> None:
+        pass
+
+
+class JsonWriter:
+    """Collects records; `close` (after a complete run only) writes them as one list, atomically."""
+
+    def __init__(self, path: Path):
+        self.path, self.records = path, []
+
+    def write(self, result: ImageResult) -> None:
+        self.records.append(image_record(result))
+
+    def close(self, complete: bool = True) -> None:
+        if complete:
+            atomic_write_json(self.path, self.records)
+
+
+class _AppendWriter:
+    """An append-mode text file flushed after every record, so a crash loses at most the record in flight."""
+
+    def __init__(self, path: Path):
+        self.handle: TextIO = open(path, "a", encoding="utf-8", newline="")
+
+    def _append(self, text: str) -> None:
+        self.handle.write(text)
+        self.handle.flush()
+
+    def close(self, complete: bool = True) -> None:
+        self.handle.close()
+
+
+class JsonlWriter(_AppendWriter):
+    def write(self, result: ImageResult) -> None:
+        self._append(json.dumps(image_record(result)) + "\n")
+
+
+class CsvWriter(_AppendWriter):
+    def __init__(self, path: Path, classes: list[str]):
+        super().__init__(path)
+        self.classes = classes
+
+    def write(self, result: ImageResult) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        frame = "" if result.frame is None else result.frame
+        for i, face in enumerate(result.faces, 1):
+            r = face_record(face)
+            writer.writerow([result.source, frame, i, *r["box"], r["score"], r["label"], r["confidence"],
+                             *(r["probabilities"][c] for c in self.classes)])
+        if not result.faces:
+            writer.writerow([result.source, frame] + [""] * (len(FACE_COLUMNS) + len(self.classes)))
+        self._append(buffer.getvalue())   # all rows of one image in one write
+
+
+def csv_header(classes: list[str]) -> list[str]:
+    return ["source", "frame", *FACE_COLUMNS, *(f"p_{c}" for c in classes)]
+
+
+def open_writer(path: Path | None, classes: list[str], resume: bool,
+                echo: Callable[[str], None]) -> tuple[ResultWriter, set[Key]]:
+    """(writer, keys already done). Without --resume an existing file is replaced."""
+    if path is None:
+        return ConsoleWriter(echo), set()
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return JsonWriter(path), set()
+    done: set[Key] = set()
+    if resume and path.is_file():
+        done = _resume_jsonl(path) if suffix == ".jsonl" else _resume_csv(path, classes)
+    elif suffix == ".csv":
+        atomic_write_text(path, _csv_text([csv_header(classes)]))
+    else:
+        atomic_write_text(path, "")
+    return (JsonlWriter(path) if suffix == ".jsonl" else CsvWriter(path, classes)), done
+
+
+def _complete_text(path: Path) -> tuple[str, str]:
+    """(the file up to its last newline, all of it): a record without its newline was cut off."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); cannot resume") from None
+    return text[:text.rfind("\n") + 1], text
+
+
+def _resume_jsonl(path: Path) -> set[Key]:
+    complete, text = _complete_text(path)
+    done = set()
+    for number, line in enumerate(complete.splitlines(), 1):
+        try:
+            record = json.loads(line)
+            done.add((record["source"], record["frame"]))
+        except (json.JSONDecodeError, TypeError, KeyError):
+            raise DataError(f"{path} line {number}: not a grefel predict record (JSON with source and frame); "
+                            f"cannot resume from this file") from None
+    if complete != text:
+        atomic_write_text(path, complete)
+    return done
+
+
+def _resume_csv(path: Path, classes: list[str]) -> set[Key]:
+    complete, text = _complete_text(path)
+    rows = list(csv.reader(io.StringIO(complete)))
+    if not rows:        # cut inside the header: nothing was done
+        atomic_write_text(path, _csv_text([csv_header(classes)]))
+        return set()
+    if rows[0] != csv_header(classes):
+        raise DataError(f"{path}: header is not {','.join(csv_header(classes))} (another model's classes, "
+                        f"or not a grefel predict CSV); cannot resume from it")
+    keys = []
+    for number, row in enumerate(rows[1:], 2):
+        if len(row) != len(rows[0]):
+            raise DataError(f"{path} line {number}: {len(row)} fields, expected {len(rows[0])}; cannot resume")
+        try:
+            keys.append((row[0], int(row[1]) if row[1] else None))
+        except ValueError:
+            raise DataError(f"{path} line {number}: frame {row[1]!r} is not an integer; cannot resume") from None
+    # An image's face rows are consecutive and the last image's may have been cut short: redo it.
+    kept = len(keys)
+    while kept and keys[kept - 1] == keys[-1]:
+        kept -= 1
+    if kept < len(keys) or complete != text:
+        atomic_write_text(path, _csv_text(rows[:kept + 1]))
+    return set(keys[:kept])
+
+
+def _csv_text(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+# ---- annotated copies -----------------------------------------------------------------------
+
+def draw_faces(image_rgb: np.ndarray, result: ImageResult) -> np.ndarray:
+    """A BGR copy with each face's box and `label 0.93`; line and text scale with the image."""
+    bgr = cv2.cvtColor(image_rgb, cv2.COLOR_GRAY2BGR if image_rgb.ndim == 2 else cv2.COLOR_RGB2BGR)
+    side = max(bgr.shape[:2])
+    thickness = max(1, round(side / 400))
+    scale = max(0.3, side / 1000)
+    for face in result.faces:
+        x, y, w, h = (round(v) for v in face.box)
+        cv2.rectangle(bgr, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), thickness)
+        text = f"{face.label} {face.confidence:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        if tw > bgr.shape[1]:   # small images (48 px crops): shrink the label to fit across
+            scale *= bgr.shape[1] / tw
+            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        top = y - th - base if y - th - base >= 0 else y   # above the box, or inside it at the top edge
+        cv2.rectangle(bgr, (x, top), (x + tw, top + th + base), (0, 255, 0), cv2.FILLED)
+        cv2.putText(bgr, text, (x, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return bgr
+
+
+def write_annotated_image(path: Path, image_rgb: np.ndarray, result: ImageResult) -> None:
+    ok, encoded = cv2.imencode(path.suffix, draw_faces(image_rgb, result))
+    if not ok:
+        raise DataError(f"{path}: OpenCV cannot encode a {path.suffix} image")
+    atomic_write_bytes(path, encoded.tobytes())
+
+
+# Containers FFmpeg will put mp4v into; an annotated copy of any other video is written as .mp4.
+MP4V_CONTAINERS = (".mp4", ".m4v", ".mov", ".avi", ".mkv")
+
+
+def annotated_video_name(name: Path) -> Path:
+    return name if name.suffix.lower() in MP4V_CONTAINERS else name.with_suffix(".mp4")
+
+
+class AnnotatedVideo:
+    """An mp4v video of the annotated frames, at the source rate divided by the frame step.
+
+    cv2.VideoWriter needs a file name, so frames go to a private temp file that
+    is copied into place through grefel.fileio when the video is complete.
+    """
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps = path, fps
+        self._tmp = tempfile.TemporaryDirectory(prefix="grefel-annotate-")
+        self._file = Path(self._tmp.name) / f"video{path.suffix}"
+        self._writer: cv2.VideoWriter | None = None
+
+    def add(self, frame_rgb: np.ndarray, result: ImageResult) -> None:
+        bgr = draw_faces(frame_rgb, result)
+        if self._writer is None:
+            self._writer = cv2.VideoWriter(str(self._file), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                           (bgr.shape[1], bgr.shape[0]))
+            if not self._writer.isOpened():
+                raise DataError(f"{self.path}: OpenCV cannot write an mp4v video with this name")
+        self._writer.write(bgr)
+
+    def close(self, keep: bool = True) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            if keep:
+                with open(self._file, "rb") as source, atomic_open(self.path, "wb") as target:
+                    shutil.copyfileobj(source, target)
+        self._tmp.cleanup()
+
+
+class Annotator:
+    """Draws each result into its place under --annotate: an image at once, a video's frames into one file."""
+
+    def __init__(self, targets: dict[int, Path], video_fps: dict[int, float]):
+        self.targets, self.video_fps = targets, video_fps
+        self._video: tuple[int, AnnotatedVideo] | None = None
+
+    def add(self, job: int, image_rgb: np.ndarray | None, result: ImageResult) -> None:
+        target = self.targets.get(job)
+        if target is None:
+            return
+        if result.frame is None:
+            write_annotated_image(target, image_rgb, result)
+            return
+        if self._video is None or self._video[0] != job:   # the previous video has ended
+            self.close()
+            self._video = (job, AnnotatedVideo(target, self.video_fps[job]))
+        self._video[1].add(image_rgb, result)
+
+    def close(self, complete: bool = True) -> None:
+        """Finish the open video; after a failure its partial copy is dropped."""
+        if self._video is not None:
+            self._video[1].close(keep=complete)
+            self._video = None

@@ -1,0 +1,84 @@
+"""`grefel export` and the ONNX backend: same numbers as the PyTorch ServingModel."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import FERPLUS_ROOT, PHOTOS_DIR
+from grefel.checkpoint import shipped_checkpoint
+from grefel.cli import main
+from grefel.data.transforms import eval_transform
+from grefel.inference.recognizer import Recognizer
+
+
+def valid_images(n: int) -> list[np.ndarray]:
+    with open(FERPLUS_ROOT / "FER2013Valid" / "label.csv", newline="") as handle:
+        names = [row[0] for _, row in zip(range(n), csv.reader(handle))]
+    return [cv2.imread(str(FERPLUS_ROOT / "FER2013Valid" / name), cv2.IMREAD_GRAYSCALE) for name in names]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    """One grefel cache for this module's tests, so the shipped model is exported to it once."""
+    path = tmp_path_factory.mktemp("grefel-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GREFEL_CACHE_DIR", str(path))
+        yield path
+
+
+def test_export_matches_the_serving_model_at_any_batch(tmp_path, capsys):
+    output = tmp_path / "m.onnx"
+    assert main(["export", "--output", str(output)]) == 0
+    assert f"wrote {output}" in capsys.readouterr().out
+    recognizer = Recognizer()
+    info = recognizer.info
+    transform = eval_transform(info["input"]["size"], info["input"]["channels"])
+    x = torch.stack([transform(image) for image in valid_images(64)])           # (64, C, S, S)
+    with torch.inference_mode():
+        expected = recognizer.serving_model()(x).numpy()                          # (64, classes)
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    whole = session.run(None, {"image": x.numpy()})[0]
+    # Batch 1 on a quarter of them: enough to show the batch axis is not baked in, at a quarter of the time.
+    one_by_one = np.concatenate([session.run(None, {"image": x[i:i + 1].numpy()})[0] for i in range(16)])
+    assert whole.shape == expected.shape == (64, len(info["class_names"]))
+    assert np.abs(whole - expected).max() < 1e-4 and np.abs(one_by_one - expected[:16]).max() < 1e-4
+
+
+def test_onnx_backend_predicts_like_torch_and_caches_its_export(tmp_path, capsys, onnx_cache):
+    photo = str(PHOTOS_DIR / "astronaut.png")
+    results = {}
+    for backend in ("torch", "onnx"):
+        assert main(["predict", photo, "--backend", backend, "--output", str(tmp_path / f"{backend}.json")]) == 0
+        results[backend] = json.loads((tmp_path / f"{backend}.json").read_text())
+    capsys.readouterr()
+    (torch_face,), (onnx_face,) = results["torch"][0]["faces"], results["onnx"][0]["faces"]
+    assert onnx_face["label"] == torch_face["label"]
+    for name, p in torch_face["probabilities"].items():
+        assert abs(onnx_face["probabilities"][name] - p) < 1e-4
+    # Exported once into the cache (never beside the shipped checkpoint), then reused.
+    (exported,) = (onnx_cache / "onnx").glob("*.onnx")
+    assert not shipped_checkpoint().with_suffix(".onnx").exists()
+    stamp = exported.stat().st_mtime_ns
+    Recognizer(backend="onnx")
+    assert exported.stat().st_mtime_ns == stamp
+
+
+def test_onnx_cache_follows_a_recalibrated_temperature(tmp_path, onnx_cache):
+    """`grefel calibrate` rewrites only the JSON: the ONNX of the old temperature must not be served."""
+    stem = tmp_path / "model"
+    shutil.copy(shipped_checkpoint(), stem.with_suffix(".safetensors"))
+    info = json.loads(shipped_checkpoint().with_suffix(".json").read_text())
+    crops = valid_images(8)
+    for temperature in (info["temperature"], info["temperature"] * 3):   # the first is the shipped model's export
+        stem.with_suffix(".json").write_text(json.dumps({**info, "temperature": temperature}))
+        onnx = Recognizer(stem, backend="onnx").classify(crops)
+    assert np.abs(onnx - Recognizer(stem).classify(crops)).max() < 1e-4
+    assert len(list((onnx_cache / "onnx").glob("*.onnx"))) == 2

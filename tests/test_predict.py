@@ -1,0 +1,259 @@
+"""`grefel predict` on the shared photos, real FERPlus crops and small synthetic videos."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import FERPLUS_ROOT, PHOTOS_DIR
+from grefel.cli import main
+from grefel.inference.recognizer import Recognizer
+
+ASTRONAUT = PHOTOS_DIR / "astronaut.png"
+CHELSEA = PHOTOS_DIR / "chelsea.png"
+
+
+def predict(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["predict", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def summary(out: str) -> dict[str, int]:
+    """The counts of the last stdout line, e.g. `3 images, 0 video frames, 2 faces, 1 skipped, ...`."""
+    line = out.strip().splitlines()[-1]
+    return {name: int(n) for n, name in re.findall(r"(\d+) (image|video frame|face|skipped|already done)", line)}
+
+
+def valid_rows(n: int) -> list[list[str]]:
+    with open(FERPLUS_ROOT / "FER2013Valid" / "label.csv", newline="") as handle:
+        return [row for _, row in zip(range(n), csv.reader(handle))]
+
+
+def copy_crops(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(FERPLUS_ROOT / "FER2013Valid" / row[0], folder / row[0])) for row in valid_rows(n)]
+
+
+def astronaut_frame() -> np.ndarray:
+    """640x480 BGR with the astronaut photo in the middle (one face)."""
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[:, 64:576] = cv2.resize(cv2.imread(str(ASTRONAUT)), (512, 480), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+def write_video(path: Path, frames: int = 20) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (640, 480))
+    frame = astronaut_frame()
+    for _ in range(frames):
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_astronaut_one_face_and_cat_none(capsys):
+    code, out, _ = predict(capsys, ASTRONAUT, CHELSEA)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert re.fullmatch(rf"{re.escape(str(ASTRONAUT))}: face 1 at \(\d+,\d+,\d+,\d+\) (\w+) (0|1)\.\d\d", lines[0])
+    assert lines[1] == f"{CHELSEA}: no face"
+    assert summary(out) == {"image": 2, "video frame": 0, "face": 1, "skipped": 0}
+
+
+def test_no_detect_csv_matches_the_evaluate_path(tmp_path, capsys, cache_dir):
+    """Same crops, same probabilities: the predict path (decode RGB, to grey, --no-detect) and the
+    evaluate path (FERPlus loader, eval_transform, engine.predict, temperature) agree."""
+    from torch.utils.data import DataLoader
+
+    from grefel.checkpoint import build_from_checkpoint, resolve_checkpoint
+    from grefel.data import DataSource, collate_samples, eval_transform, load_dataset
+    from grefel.engine import Amp, predict as engine_predict
+
+    rows = valid_rows(128)
+    crops = copy_crops(tmp_path / "crops", 128)
+    root = tmp_path / "ferplus" / "FER2013Valid"
+    root.mkdir(parents=True)
+    for path in crops:
+        shutil.copy(path, root / path.name)
+    with open(root / "label.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+
+    output = tmp_path / "x.csv"
+    code, out, _ = predict(capsys, tmp_path / "crops", "--no-detect", "--output", output)
+    assert code == 0 and summary(out)["image"] == 128
+    with open(output, newline="") as handle:
+        table = {Path(r["source"]).name: r for r in csv.DictReader(handle)}
+
+    model, info = build_from_checkpoint(resolve_checkpoint(None))
+    ds = load_dataset(DataSource(format="ferplus", root=str(tmp_path / "ferplus"), cache_dir=str(cache_dir)),
+                      "valid", "majority")
+    ds.transform = eval_transform(info["input"]["size"], info["input"]["channels"])
+    preds = engine_predict(model, DataLoader(ds, batch_size=64, collate_fn=collate_samples),
+                           device=torch.device("cpu"), amp=Amp("off", "cpu"), tta_flip=info["tta_flip"])
+    expected = torch.softmax(torch.from_numpy(preds.served_logits(info["serve"])).double()
+                             / info["temperature"], -1).numpy()
+    names = [Path(i).name for i in ds.ids]                 # ids are FER2013Valid/<file>
+    assert len(names) > 100
+    got = np.array([[float(table[name][f"p_{c}"]) for c in info["class_names"]] for name in names])
+    assert np.abs(got - expected).max() < 1e-5
+    assert [table[name]["label"] for name in names] == [info["class_names"][k] for k in expected.argmax(1)]
+
+
+def test_bad_files_in_a_folder_are_reported_and_skipped(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    copy_crops(folder / "sub", 3)
+    (folder / "broken.png").write_bytes(ASTRONAUT.read_bytes()[:5000])
+    (folder / "notes.txt").write_text("not a picture\n")
+    (folder / ".hidden.png").write_bytes(b"ignored")
+    code, out, err = predict(capsys, folder, "--no-detect")
+    assert code == 0
+    assert summary(out) == {"image": 3, "video frame": 0, "face": 3, "skipped": 2}
+    reports = [line for line in err.splitlines() if line.startswith("grefel predict: skipped")]
+    assert reports == [f"grefel predict: skipped {folder / 'broken.png'}: not a decodable image",
+                       f"grefel predict: skipped {folder / 'notes.txt'}: not an image file"]
+    assert [line.split(":")[0] for line in out.splitlines()[:3]] == \
+        [str(p) for p in sorted((folder / "sub").iterdir())]
+
+
+def test_missing_input_fails_in_one_line_before_any_work(tmp_path, capsys):
+    code, out, err = predict(capsys, ASTRONAUT, tmp_path / "nope.jpg", "--output", tmp_path / "o.csv")
+    assert code == 2 and out == ""
+    assert err.strip() == f"grefel predict: error: {tmp_path / 'nope.jpg'}: no such file or directory"
+    assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output", "o.txt"], "--output o.txt: expected a .json, .jsonl, .csv file"),
+    (["--output", "o.json", "--resume"], "--resume needs a .jsonl or .csv output"),
+    (["--every", "0"], "--every 0: expected a positive frame step"),
+    (["--backend", "tflite"], "backend 'tflite': expected one of torch, onnx"),
+    (["--batch-size", "0"], "batch_size: expected a positive number of faces per batch, got 0"),
+])
+def test_bad_options_fail_in_one_line(capsys, argv, message):
+    code, _, err = predict(capsys, ASTRONAUT, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
+
+
+def records(path: Path, data: bytes | None = None) -> list[tuple[str, int | None]]:
+    """(source, frame) of each image or frame in an output (or in `data`, its bytes), in file order.
+
+    Only whole records count: a JSONL line without its newline, or CSV rows after the last newline, were cut off.
+    """
+    text = (path.read_bytes() if data is None else data).decode()
+    text = text[:text.rfind("\n") + 1]
+    if path.suffix == ".jsonl":
+        return [(r["source"], r["frame"]) for r in map(json.loads, text.splitlines())]
+    keys = [(r["source"], int(r["frame"]) if r["frame"] else None) for r in csv.DictReader(text.splitlines())]
+    return [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]   # one per image, not per face
+
+
+def two_faces(path: Path) -> Path:
+    photo = cv2.imread(str(ASTRONAUT))
+    cv2.imwrite(str(path), np.hstack([photo, photo]))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_after_an_interruption(tmp_path, capsys, suffix):
+    folder = tmp_path / "photos"
+    copy_crops(folder, 30)                                 # detection on: 0 or 1 face each
+    shutil.copy(CHELSEA, folder / "zz_cat.png")            # no face: still one record, so resume knows
+    two_faces(folder / "zz_two.png")                       # two faces: two CSV rows
+    output = tmp_path / f"out{suffix}"
+    assert predict(capsys, folder, "--output", output)[0] == 0
+    full, data = records(output), output.read_bytes()
+    assert len(full) == len(set(full)) == 32
+
+    def resume(cut: bytes) -> dict[str, int]:
+        output.write_bytes(cut)                            # the run stopped here
+        code, out, _ = predict(capsys, folder, "--output", output, "--resume")
+        assert code == 0 and records(output) == full       # every image once, in order
+        return summary(out)
+
+    cut = data[:len(data) // 2]                            # half way, inside a record
+    kept = records(output, cut)
+    if suffix == ".csv":
+        kept = kept[:-1]                                   # its last image may lack face rows: redone
+    counts = resume(cut)
+    assert 0 < len(kept) < 32
+    assert counts["already done"] == len(kept) and counts["image"] == 32 - len(kept)
+    if suffix == ".csv":
+        assert output.read_bytes() == data                 # rows and values identical to the full run
+        # Cut between the two face rows of one image: that image is done again, both rows once.
+        lines = data.decode().splitlines(keepends=True)
+        counts = resume("".join(lines[:-1]).encode())
+        assert counts["image"] == 1 and counts["already done"] == 31 and output.read_bytes() == data
+
+
+def test_video_every_n_and_truncated_video(tmp_path, capsys):
+    video = write_video(tmp_path / "clip.avi")
+    output = tmp_path / "v.jsonl"
+    code, out, _ = predict(capsys, video, "--every", "5", "--output", output)
+    assert code == 0 and summary(out)["video frame"] == 4
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(r["source"], r["frame"]) for r in lines] == [(str(video), f) for f in (0, 5, 10, 15)]
+    assert all(len(r["faces"]) == 1 for r in lines)
+
+    # AVI keeps going without its index (at the end): a cut file plays up to the cut, with a warning.
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[:video.stat().st_size // 2])
+    code, out, err = predict(capsys, cut)
+    frames = [int(m) for m in re.findall(r" frame (\d+): face 1 ", out)]
+    assert code == 0 and 3 <= len(frames) < 20 and frames == list(range(len(frames)))
+    assert f"grefel predict: warning: {cut}: stopped at frame {len(frames)} of 20 (truncated or corrupt video)" in err
+    # An mp4 written by OpenCV keeps its index (moov) at the end: cut, it cannot be opened at all.
+    mp4 = write_video(tmp_path / "clip.mp4", 5)
+    (tmp_path / "cut.mp4").write_bytes(mp4.read_bytes()[:mp4.stat().st_size // 2])
+    code, out, err = predict(capsys, tmp_path / "cut.mp4", ASTRONAUT)
+    assert code == 0 and summary(out) == {"image": 1, "video frame": 0, "face": 1, "skipped": 1}
+    assert f"grefel predict: skipped {tmp_path / 'cut.mp4'}: not a readable video" in err
+
+
+def test_annotate_images_and_video(tmp_path, capsys):
+    folder = tmp_path / "in"
+    copy_crops(folder / "sub", 2)
+    shutil.copy(ASTRONAUT, folder / "astronaut.png")
+    video = write_video(tmp_path / "clip.mp4", 6)
+    out_dir = tmp_path / "drawn"
+    code, out, _ = predict(capsys, folder, video, "--every", "2", "--annotate", out_dir)
+    assert code == 0
+    drawn = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    crops = sorted(f"sub/{p.name}" for p in (folder / "sub").iterdir())
+    assert drawn == sorted(["astronaut.png", "clip.mp4", *crops])
+    original, annotated = cv2.imread(str(ASTRONAUT)), cv2.imread(str(out_dir / "astronaut.png"))
+    assert annotated.shape == original.shape and (annotated != original).any(axis=2).mean() > 0.001
+    capture = cv2.VideoCapture(str(out_dir / "clip.mp4"))
+    frames = []
+    while (ok_frame := capture.read())[0]:
+        frames.append(ok_frame[1])
+    assert len(frames) == 3 and frames[0].shape == (480, 640, 3)
+    # The drawn box is green where the plain frame has none.
+    green = (frames[0][..., 1] > 200) & (frames[0][..., 0] < 80) & (frames[0][..., 2] < 80)
+    assert green.sum() > 200
+
+    code, _, err = predict(capsys, folder, "--annotate", folder)
+    assert code == 2 and "would overwrite the input" in err
+
+
+def test_faceless_entries_do_not_wait_for_a_full_batch():
+    """Results of a long faceless video must come out as it is read, not after its last frame."""
+    recognizer = Recognizer(batch_size=4)
+    cat = cv2.cvtColor(cv2.imread(str(CHELSEA)), cv2.COLOR_BGR2RGB)
+    consumed = 0
+
+    def entries():
+        nonlocal consumed
+        for i in range(100):
+            consumed += 1
+            yield "cat", cat, i
+
+    first = next(recognizer.predict_entries(entries()))
+    assert first.frame == 0 and first.faces == [] and consumed <= 4
