@@ -323,3 +323,17 @@ def test_vit_state_dict_loads_into_grefel_vit():
     del state["blocks.0.attn.qkv.weight"]
     with pytest.raises(WeightsError, match="blocks.0.attn.qkv.weight"):
         tiny("grefel_vit").load_vit(state)
+
+
+@pytest.mark.parametrize("serve", ["primary", "corrected"])
+def test_serving_tta_averages_image_and_mirror(serve):
+    model = tiny("grefel_small").eval()
+    x = batch_for(model, 3)
+    with torch.no_grad():
+        got = ServingModel(model, serve, temperature=1.5, tta_flip=True)(x)
+        a, b = model(x), model(x.flip(-1))
+    if serve == "primary":
+        expected = torch.softmax((a.logits + b.logits) / 2 / 1.5, -1)
+    else:
+        expected = torch.softmax(((a.corrected + b.corrected) / 2).log() / 1.5, -1)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
