@@ -125,7 +125,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_pe
     return torch.optim.lr_scheduler.LambdaLR(target, schedule)
 
 
+@dataclass
+class EmaUpdate:
+    """EMA step with the usual warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n updates,
+    so early averages are not dominated by the random initial weights."""
+
+    decay: float
+
+    @torch.no_grad()
+    def __call__(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged) -> None:
+        if not ema_params[0].is_floating_point():  # integer buffers (BN's num_batches_tracked) are copied
+            torch._foreach_copy_(ema_params, params)
+            return
+        n = float(num_averaged)
+        decay = min(self.decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+
+
 def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
     """Exponential moving average of weights and buffers (BN statistics follow the EMA too)."""
-    return torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=EmaUpdate(decay), use_buffers=True)
