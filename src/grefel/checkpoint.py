@@ -15,9 +15,12 @@ and how it was made (command, data, metrics).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,12 @@ def _tensor_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return safetensors_bytes({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
 
 
+def _info_sha256(info: dict[str, Any]) -> str:
+    """sha256 of the JSON fields a save chose (not the hashes the save adds), key order independent."""
+    body = {k: v for k, v in info.items() if k not in ("weights_sha256", "info_sha256")}
+    return _sha256(json.dumps(body, sort_keys=True).encode())
+
+
 def _write_pair(stem: Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     data = _tensor_bytes(tensors)
     atomic_write_bytes(stem.with_suffix(".safetensors"), data)
@@ -56,8 +65,8 @@ def _read_pair(stem: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         data = weights.read_bytes()
     except FileNotFoundError as exc:
         raise WeightsError(f"{exc.filename}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"{meta}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 4300+ digit integer
+        raise WeightsError(f"{meta}: not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(info, dict):
         raise WeightsError(f"{meta}: expected a JSON object")
     if info.get("weights_sha256") not in (None, _sha256(data)):
@@ -77,10 +86,23 @@ def save_training_state(directory: Path, tensors: dict[str, torch.Tensor], info:
     directory.mkdir(parents=True, exist_ok=True)
     last, prev = directory / "last", directory / "prev"
     staged = directory / "staged"
-    _write_pair(staged, tensors, info)          # a failure here leaves last.* untouched
+    # The weights hash does not cover the JSON; this one does, so a damaged last.json that still parses
+    # (a changed epoch, a lost key) is detected like a truncated one.
+    _write_pair(staged, tensors, {**info, "info_sha256": _info_sha256(info)})  # a failure leaves last.* untouched
     for suffix in (".safetensors", ".json"):
+        # prev.* becomes a second name of last.* (a link, or a copy where links are unsupported), so last.*
+        # stays complete while prev.* changes; moving last.* away would leave no whole pair in between.
         if last.with_suffix(suffix).exists():
-            os.replace(last.with_suffix(suffix), prev.with_suffix(suffix))
+            tmp = directory / f".prev{suffix}.tmp"
+            tmp.unlink(missing_ok=True)
+            try:
+                try:
+                    os.link(last.with_suffix(suffix), tmp)
+                except OSError:
+                    shutil.copyfile(last.with_suffix(suffix), tmp)
+                os.replace(tmp, prev.with_suffix(suffix))
+            finally:
+                tmp.unlink(missing_ok=True)
     for suffix in (".safetensors", ".json"):
         os.replace(staged.with_suffix(suffix), last.with_suffix(suffix))
 
@@ -91,6 +113,9 @@ def load_training_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[
     for name in ("last", "prev"):
         try:
             tensors, info = _read_pair(directory / name)
+            if info.pop("info_sha256", None) != _info_sha256(info) or "weights_sha256" not in info:
+                raise WeightsError(f"{directory / name}.json: content does not match its recorded sha256 "
+                                   "(edited, damaged or not a training state)")
         except WeightsError as exc:
             errors.append(str(exc))
             continue
@@ -155,24 +180,39 @@ def read_model_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tens
 
 
 def validate_checkpoint_info(info: dict[str, Any], where: Path) -> None:
-    from grefel.models import list_models
+    from grefel.models import list_models, model_spec
     from grefel.models.serving import SERVE_CHOICES
 
     if info.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{where}: format {info.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-    required = {"preset": str, "model": dict, "class_names": list, "serve": str, "temperature": (int, float)}
+    required = {"preset": str, "model": dict, "class_names": list, "serve": str, "temperature": (int, float),
+                "input": dict, "preprocessing": dict}
     for key, kind in required.items():
-        if not isinstance(info.get(key), kind):
+        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
             raise ConfigError(f"{where}: field {key!r} missing or of the wrong type")
     if info["preset"] not in list_models():
         raise ConfigError(f"{where}: unknown preset {info['preset']!r}; available: {', '.join(list_models())}")
+    fields = {f.name for f in dataclasses.fields(model_spec(info["preset"]).config_class)}
+    unknown = [k for k in info["model"] if k not in fields]
+    if unknown:
+        raise ConfigError(f"{where}: model has unknown key {unknown[0]!r} for preset {info['preset']}")
+    size, channels = info["input"].get("size"), info["input"].get("channels")
+    if type(size) is not int or size != info["model"].get("input_size", size) or channels not in (1, 3):
+        raise ConfigError(f"{where}: input {info['input']} does not give the model's input size and channels (1 or 3)")
+    crop, color = info["preprocessing"].get("crop_size"), info["preprocessing"].get("color")
+    if type(crop) is not int or crop < 1 or color not in ("grey", "rgb"):
+        raise ConfigError(f"{where}: preprocessing needs crop_size (pixels) and color (grey or rgb)")
     if info["class_names"] != list(CANONICAL_CLASSES[:len(info["class_names"])]) or \
             len(info["class_names"]) != info["model"].get("num_classes"):
         raise ConfigError(f"{where}: class_names {info['class_names']} do not match the canonical order "
                           f"and the model's num_classes")
     if info["serve"] not in SERVE_CHOICES:
         raise ConfigError(f"{where}: serve {info['serve']!r}, expected one of {', '.join(SERVE_CHOICES)}")
-    if not 0.01 <= float(info["temperature"]) <= 100:
+    try:
+        temperature = float(info["temperature"])
+    except OverflowError:  # a JSON integer beyond float range
+        temperature = math.inf
+    if not 0.01 <= temperature <= 100:
         raise ConfigError(f"{where}: temperature {info['temperature']} outside [0.01, 100]")
 
 
@@ -181,7 +221,10 @@ def build_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
     from grefel.models import create_model
 
     tensors, info = read_model_checkpoint(path)
-    model = create_model(info["preset"], landmark_weights=None, **info["model"])
+    try:
+        model = create_model(info["preset"], landmark_weights=None, **info["model"])
+    except ConfigError as exc:  # e.g. sizes the layers cannot take
+        raise ConfigError(f"{checkpoint_paths(path).with_suffix('.json')}: {exc}") from None
     load_strict(model, tensors, checkpoint_paths(path).with_suffix(".safetensors"))
     return model.eval(), info
 

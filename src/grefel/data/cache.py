@@ -55,7 +55,7 @@ class Fingerprint:
             try:
                 st = os.stat(path)
                 entries.append(f"{path}\t{st.st_size}\t{st.st_mtime_ns}")
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a NUL byte in the name
                 entries.append(f"{path}\tmissing")
         self._hash.update("\n".join(entries).encode("utf-8", "surrogateescape") + b"\0")
 

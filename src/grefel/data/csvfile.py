@@ -15,7 +15,7 @@ from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES, NUM_CLASSES
 from grefel.data.cache import Fingerprint, cached_raw
 from grefel.data.images import FER_SIZE, parse_pixels
-from grefel.data.raw import BadRow, RawData, existing_dir, existing_file, parse_label_index
+from grefel.data.raw import BadRow, RawData, csv_rows, existing_dir, existing_file, parse_label_index
 
 if TYPE_CHECKING:
     from grefel.data.source import DataSource
@@ -58,7 +58,7 @@ def _read_rows(path: Path) -> RawData:
             raise DataError(f"{path}: missing required column(s) {', '.join(missing)}; "
                             f"expected a header with {', '.join(REQUIRED_COLUMNS)}")
         reader.fieldnames = header
-        for row in reader:
+        for row in csv_rows(reader, path):
             line = reader.line_num
             where = f"{path} line {line}"
             reason = "bad_emotion"

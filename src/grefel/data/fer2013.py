@@ -19,7 +19,7 @@ from grefel.labels import CANONICAL_CLASSES, FER2013_ORDER, FERPLUS_VOTE_COLUMNS
 from grefel.data.cache import Fingerprint, cached_raw
 from grefel.data.ferplus import parse_votes
 from grefel.data.images import FER_SIZE, parse_pixels
-from grefel.data.raw import BadRow, RawData, existing_file, parse_label_index
+from grefel.data.raw import BadRow, RawData, csv_rows, existing_file, parse_label_index
 from grefel.data.votes import NUM_VOTE_COLUMNS
 
 if TYPE_CHECKING:
@@ -46,14 +46,14 @@ def load_raw(source: DataSource, split: str) -> RawData:
                       lambda: _read(csv_path, new_path, split))
 
 
-def _data_rows(reader) -> Iterator[tuple[int, list[str]]]:
-    for fields in reader:
+def _data_rows(reader, path: Path) -> Iterator[tuple[int, list[str]]]:
+    for fields in csv_rows(reader, path):
         if fields:
             yield reader.line_num, fields
 
 
 def _columns(path: Path, reader, required: tuple[str, ...]) -> dict[str, int]:
-    header = [h.strip() for h in next(reader, [])]
+    header = [h.strip() for h in next(csv_rows(reader, path), [])]
     missing = [c for c in required if c not in header]
     if missing:
         raise DataError(f"{path}: missing required column(s) {', '.join(missing)}; "
@@ -84,8 +84,8 @@ def _read_rows(csv_path: Path, new_path: Path | None, split: str) -> RawData:
         if new_path:
             new_reader = csv.reader(stack.enter_context(open(new_path, newline="", encoding="utf-8")))
             new_col = _columns(new_path, new_reader, FERPLUS_COLUMNS)
-            new_rows = _data_rows(new_reader)
-        for line, fields in _data_rows(reader):
+            new_rows = _data_rows(new_reader, new_path)
+        for line, fields in _data_rows(reader, csv_path):
             where = f"{csv_path} line {line}"
             usage = _field(fields, col["Usage"])
             if new_rows is not None:
@@ -103,10 +103,13 @@ def _read_rows(csv_path: Path, new_path: Path | None, split: str) -> RawData:
                 if USAGE_SPLITS[usage] != split:
                     continue
                 if new_rows is not None:
+                    reason = "bad_votes"
+                    if len(new_fields) <= max(new_col.values()):  # a cut row, not a "not a face" row
+                        raise DataError(f"{new_path} line {new_line}: expected {len(FERPLUS_COLUMNS)} fields "
+                                        f"(Usage, Image name, 10 vote counts), got {len(new_fields)}")
                     if not _field(new_fields, new_col["Image name"]):
                         not_face += 1
                         continue
-                    reason = "bad_votes"
                     row_votes = parse_votes([_field(new_fields, new_col[c]) for c in FERPLUS_VOTE_COLUMNS],
                                             f"{new_path} line {new_line}")
                 else:

@@ -18,7 +18,7 @@ from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES, FERPLUS_VOTE_COLUMNS
 from grefel.data.cache import Fingerprint, cached_raw
 from grefel.data.images import FER_SIZE, load_images
-from grefel.data.raw import BadRow, RawData, existing_dir, stack_images
+from grefel.data.raw import BadRow, RawData, csv_rows, existing_dir, stack_images
 from grefel.data.votes import NUM_VOTE_COLUMNS
 
 if TYPE_CHECKING:
@@ -54,7 +54,8 @@ def load_raw(source: DataSource, split: str) -> RawData:
     fingerprint = Fingerprint("ferplus", FER_SIZE)
     fingerprint.add_bytes(content)
     # Only the names are needed to stat the images; the full parse happens on a cache miss.
-    fingerprint.add_stats(folder / f[0].strip() for f in csv.reader(io.StringIO(text)) if f and f[0].strip())
+    reader = csv.reader(io.StringIO(text, newline=""))  # newline="": a CR-only file still splits into rows
+    fingerprint.add_stats([folder / f[0].strip() for f in csv_rows(reader, label_path) if f and f[0].strip()])
     return cached_raw(source.cache_dir, source.use_cache, f"ferplus-{folder.name}", str(folder.resolve()),
                       fingerprint, lambda: _decode(folder, label_path, text))
 
@@ -69,8 +70,8 @@ def _text(content: bytes, label_path: Path) -> str:
 def _parse(text: str, label_path: Path) -> tuple[list[tuple[int, str, list[float]]], list[BadRow]]:
     rows: list[tuple[int, str, list[float]]] = []
     bad: list[BadRow] = []
-    reader = csv.reader(io.StringIO(text))
-    for fields in reader:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    for fields in csv_rows(reader, label_path):
         line = reader.line_num
         if not fields:
             continue

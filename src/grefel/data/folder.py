@@ -18,7 +18,8 @@ from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES, canonical_index, to_canonical
 from grefel.data.cache import Fingerprint, cached_raw
 from grefel.data.images import load_images
-from grefel.data.raw import BadRow, RawData, existing_dir, existing_file, parse_label_index, stack_images
+from grefel.data.raw import (BadRow, RawData, csv_rows, existing_dir, existing_file, parse_label_index,
+                             stack_images)
 
 if TYPE_CHECKING:
     from grefel.data.source import DataSource
@@ -76,10 +77,10 @@ def _parse_list(content: bytes, list_path: Path, base: Path, label_order: str) -
     entries: list[Entry] = []
     bad: list[BadRow] = []
     try:
-        reader = csv.reader(io.StringIO(content.decode("utf-8")))
+        reader = csv.reader(io.StringIO(content.decode("utf-8"), newline=""))
     except UnicodeDecodeError as exc:
         raise DataError(f"{list_path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
-    for fields in reader:
+    for fields in csv_rows(reader, list_path):
         line = reader.line_num
         if not fields or (not entries and not bad and [f.strip().lower() for f in fields] == ["path", "label"]):
             continue  # blank line or the optional header

@@ -7,6 +7,7 @@ cores decode the 28k FERPlus PNGs about twice as fast as one.
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,10 @@ from grefel.errors import DataError
 
 FER_SIZE = 48
 FER_PIXELS = FER_SIZE * FER_SIZE
+# Whitespace-separated integers, each with at most a sign glued to its digits. np.fromstring alone reads a
+# lone "+" or "-" token as 0 or glues it to the next number, so a malformed row could load silently.
+_PIXEL_TEXT = re.compile(r"\s*(?:[+-]?\d+(?:\s+[+-]?\d+)*)?\s*", re.ASCII)
+_PIXEL_TOKEN = re.compile(r"[+-]?\d+", re.ASCII)
 _CHUNK = 512
 
 
@@ -31,6 +36,8 @@ class ImageProblem(Exception):
 
 def decode_image(data: bytes, color: str) -> np.ndarray | None:
     """Decode encoded image bytes to uint8 (H, W) grey or (H, W, 3) RGB; None if undecodable."""
+    if not data:  # cv2.imdecode asserts on an empty buffer (a zero-byte file)
+        return None
     buf = np.frombuffer(data, np.uint8)
     if color == "grey":
         return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
@@ -66,6 +73,8 @@ def _load_one(path: Path, color: str, size: int | None, expect: int | None) -> n
         raise ImageProblem("missing_image", "image file not found") from None
     except OSError as exc:
         raise ImageProblem("unreadable_image", f"cannot read image ({exc.strerror})") from None
+    except ValueError:  # a NUL byte in the name
+        raise ImageProblem("unreadable_image", "not a valid file name") from None
     image = decode_image(data, color)
     if image is None:
         raise ImageProblem("undecodable_image", "not a decodable image (png, jpg, bmp or webp expected)")
@@ -105,10 +114,12 @@ def load_images(paths: Sequence[Path], color: str, *, size: int | None = None,
 def parse_pixels(text: str, where: str) -> np.ndarray:
     """Parse a FER2013-style `pixels` field (2304 space-separated ints 0-255) to uint8 (48, 48)."""
     try:
+        if not _PIXEL_TEXT.fullmatch(text):
+            raise ValueError(text)
         values = np.fromstring(text, dtype=np.int64, sep=" ")  # text mode: fast, strict to the end
     except ValueError:
         tokens = text.split()
-        k = next((k for k, t in enumerate(tokens) if not (t.isascii() and t.isdigit())), 0)
+        k = next((k for k, t in enumerate(tokens) if not _PIXEL_TOKEN.fullmatch(t)), 0)
         raise DataError(f"{where}: field pixels value #{k + 1} is {tokens[k][:20] if tokens else text!r}, "
                         f"expected space-separated integers 0-255") from None
     if values.size != FER_PIXELS:

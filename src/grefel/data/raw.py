@@ -5,10 +5,12 @@ Label modes are applied afterwards, so one decoded copy serves every mode.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -64,6 +66,20 @@ def existing_file(path: str | os.PathLike | None, what: str) -> Path:
     return Path(path)
 
 
+def csv_rows(reader, path: Path) -> Iterator[list[str]]:
+    """The rows of a csv reader; a file it cannot parse (an unclosed quote swallowing the rest of the
+    file past the csv field limit) is a DataError instead of a csv.Error."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise DataError(f"{path} line {reader.line_num}: not readable as CSV ({exc}); an unclosed quote?") from None
+
+
+def printable(text: str) -> str:
+    """`text` with line breaks and other control characters escaped, so a message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def parse_label_index(text: str | None, where: str, field: str, mapping: list[int], order: str) -> int:
     """An integer label, 0-based in a source label order, -> canonical class index."""
     try:
@@ -85,7 +101,7 @@ def stack_images(decoded: list[np.ndarray | ImageProblem], lines: list[int], nam
     good: list[int] = []
     for pos, item in enumerate(decoded):
         if isinstance(item, ImageProblem):
-            bad.append(BadRow(lines[pos], item.reason, f"{names[pos]}: {item}"))
+            bad.append(BadRow(lines[pos], item.reason, f"{printable(names[pos])}: {item}"))
         else:
             good.append(pos)
     images = np.stack([decoded[p] for p in good]) if good else np.zeros((0, *empty_shape), np.uint8)

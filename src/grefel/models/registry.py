@@ -74,7 +74,11 @@ def create_model(name: str, *, landmark_weights: str | Path | None = "shipped", 
     unless `landmark_weights` names another file, or is None (left random, e.g. before
     loading a full checkpoint that contains them)."""
     spec = model_spec(name)
-    model = spec.build(model_config(name, **overrides), name)
+    config = model_config(name, **overrides)
+    try:
+        model = spec.build(config, name)
+    except (ValueError, RuntimeError) as exc:  # sizes the layers cannot take: negative, not divisible, ...
+        raise ConfigError(f"model {name}: cannot be built with this configuration ({str(exc).splitlines()[0]})") from None
     if landmark_weights is not None and hasattr(model, "landmarks"):
         load_landmark_weights(model, shipped_landmark_weights() if landmark_weights == "shipped" else landmark_weights)
     return model
