@@ -38,6 +38,7 @@ class GReFELConfig:
     cross_mlp_ratio: float = 4.0
     cross_drop_path: tuple[float, float, float] = (0.0, 0.125, 0.25)
     layer_scale: float = 1e-5
+    landmark_tokens: bool = False     # also give the fusion ViT the landmark maps themselves as tokens (see GReFEL)
     embed_dim: int = 768
     depth: int = 2
     num_heads: int = 8
@@ -146,6 +147,14 @@ class GReFEL(nn.Module):
             nn.Conv2d(widths[2], D, 1),
         ])
         num_tokens = 3 * cfg.windows[2] ** 2
+        # In POSTER++ the landmark maps only steer attention over image tokens (they are the queries; the
+        # residual stream is the image's), so their pretrained content reaches the classifier only through
+        # attention weights. That suits an image branch pretrained on faces; ours trains from scratch, so
+        # `landmark_tokens` adds the landmark maps, pooled to the token grid, as tokens of their own.
+        self.landmark_tokens = nn.ModuleList(nn.Conv2d(c, D, 1) for c in LANDMARK_CHANNELS) \
+            if cfg.landmark_tokens else None
+        if cfg.landmark_tokens:
+            num_tokens *= 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, D))
         self.blocks = nn.Sequential(*[
@@ -183,6 +192,10 @@ class GReFEL(nn.Module):
                                                     self.cross_blocks, self.to_tokens, img, lm):
             y = cross(down(fi), proj(fl))                                       # (B, W, W, C)
             tokens.append(embed(y.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2))  # (B, 49, D)
+        if self.landmark_tokens is not None:
+            grid = self.config.windows[2]
+            tokens += [conv(resample(fl, grid)).flatten(2).transpose(1, 2)          # (B, 49, D)
+                       for conv, fl in zip(self.landmark_tokens, lm)]
         t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1)] + tokens, 1) + self.pos_embed  # (B, 148, D)
         t = self.norm(self.blocks(t))
         return self.se(t[:, 0])                                                 # (B, D)
