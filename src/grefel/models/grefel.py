@@ -118,7 +118,28 @@ class InputSpec(nn.Module):
         return (x - self.mean) / self.std
 
 
-class GReFEL(nn.Module):
+class GReFELBase(nn.Module):
+    """What every GReFEL preset shares after its feature extractor: the squeeze-excitation gate giving
+    the embedding e, the primary MLP head and the reliability head. Subclasses set `self.se`, `self.head`
+    and `self.reliability` through `build_heads` and define `forward_features(x, ...) -> e`."""
+
+    def build_heads(self, dim: int, cfg) -> None:
+        self.se = SqueezeExcitation(dim)
+        self.head = primary_head(dim, cfg.num_classes, cfg.dropout)
+        self.reliability = ReliabilityHead(dim, cfg.num_classes, cfg.num_anchors, cfg.tau, cfg.delta,
+                                           cfg.attention_heads)
+
+    def forward(self, x: torch.Tensor, trust: float = 1.0, **features) -> GReFELOutput:
+        e = self.forward_features(x, **features)
+        return self.reliability(e, self.head(e), trust)
+
+    def feature_extractor_parameters(self) -> int:
+        """Parameters of everything before the heads (what POSTER++'s 43.7 M counts)."""
+        heads = {id(p) for m in (self.head, self.reliability) for p in m.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in heads)
+
+
+class GReFEL(GReFELBase):
     def __init__(self, config: GReFELConfig, preset: str = "grefel"):
         super().__init__()
         self.config, self.preset = config, preset
@@ -161,10 +182,7 @@ class GReFEL(nn.Module):
             Block(D, cfg.num_heads, cfg.mlp_ratio, drop_path=cfg.drop_path * i / max(cfg.depth - 1, 1))
             for i in range(cfg.depth)])
         self.norm = nn.LayerNorm(D, eps=1e-6)
-        self.se = SqueezeExcitation(D)
-        self.head = primary_head(D, cfg.num_classes, cfg.dropout)
-        self.reliability = ReliabilityHead(D, cfg.num_classes, cfg.num_anchors, cfg.tau, cfg.delta,
-                                           cfg.attention_heads)
+        self.build_heads(D, cfg)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         init_transformer_weights(self.blocks)
@@ -176,15 +194,21 @@ class GReFEL(nn.Module):
         image and reuse it across epochs (grefel.landmark_cache).
         """
         self.input_spec.check(x)
+        return self._landmark_maps(x)
+
+    def _landmark_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         cfg = self.config
         xl = self.input_spec.resize(x, cfg.landmark_size or cfg.branch_size)
         lm = self.landmarks(self.input_spec.landmark_input(xl))                 # 64x28x28, 128x14x14, 512x7x7
         return [resample(f, w) for f, w in zip(lm, cfg.windows)]
 
     def forward_features(self, x: torch.Tensor, landmark_maps: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """(B, in_chans, S, S) in [0, 1] -> embedding e (B, D)."""
-        lm = self.landmark_maps(x) if landmark_maps is None else landmark_maps
+        """(B, in_chans, S, S) in [0, 1] -> embedding e (B, D).
+
+        `landmark_maps`, when given, replace the frozen branch's output (precomputed, see landmark_cache).
+        """
         self.input_spec.check(x)
+        lm = self._landmark_maps(x) if landmark_maps is None else landmark_maps
         x = self.input_spec.resize(x, self.config.branch_size)                  # (B, c, 112, 112)
         img = self.image_backbone(self.input_spec.image_input(x))               # 64x56x56, 128x28x28, 256x14x14
         tokens = []
@@ -199,14 +223,3 @@ class GReFEL(nn.Module):
         t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1)] + tokens, 1) + self.pos_embed  # (B, 148, D)
         t = self.norm(self.blocks(t))
         return self.se(t[:, 0])                                                 # (B, D)
-
-    def forward(self, x: torch.Tensor, trust: float = 1.0,
-                landmark_maps: list[torch.Tensor] | None = None) -> GReFELOutput:
-        """`landmark_maps`, when given, replace the frozen branch's output (precomputed features)."""
-        e = self.forward_features(x, landmark_maps)
-        return self.reliability(e, self.head(e), trust)
-
-    def feature_extractor_parameters(self) -> int:
-        """Parameters of everything before the heads (what POSTER++'s 43.7 M counts)."""
-        heads = {id(p) for m in (self.head, self.reliability) for p in m.parameters()}
-        return sum(p.numel() for p in self.parameters() if id(p) not in heads)

@@ -16,9 +16,8 @@ from torch import nn
 
 from grefel.errors import WeightsError
 from grefel.models.cross_attention import CrossAttentionBlock
-from grefel.models.grefel import LANDMARK_CHANNELS, FrozenLandmarks, InputSpec, primary_head, resample
-from grefel.models.layers import Block, SqueezeExcitation, init_transformer_weights
-from grefel.models.reliability import GReFELOutput, ReliabilityHead
+from grefel.models.grefel import LANDMARK_CHANNELS, FrozenLandmarks, GReFELBase, InputSpec, resample
+from grefel.models.layers import Block, init_transformer_weights
 
 
 @dataclass
@@ -57,7 +56,7 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)                          # (B, N, D)
 
 
-class GReFELViT(nn.Module):
+class GReFELViT(GReFELBase):
     def __init__(self, config: GReFELViTConfig, preset: str = "grefel_vit"):
         super().__init__()
         self.config, self.preset = config, preset
@@ -78,10 +77,7 @@ class GReFELViT(nn.Module):
         self.landmark_proj = nn.Conv2d(sum(LANDMARK_CHANNELS), D, 1)
         self.cross = CrossAttentionBlock(D, cfg.cross_heads, G, layer_scale=cfg.layer_scale)
         self.fusion_norm = nn.LayerNorm(D, eps=1e-6)
-        self.se = SqueezeExcitation(D)
-        self.head = primary_head(D, cfg.num_classes, cfg.dropout)
-        self.reliability = ReliabilityHead(D, cfg.num_classes, cfg.num_anchors, cfg.tau, cfg.delta,
-                                           cfg.attention_heads)
+        self.build_heads(D, cfg)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         init_transformer_weights(self.blocks)
@@ -100,14 +96,6 @@ class GReFELViT(nn.Module):
         patches = t[:, 1:].transpose(1, 2).reshape(B, D, G, G)                    # (B, D, G, G)
         y = self.cross(patches, self.landmark_queries(x))                         # (B, G, G, D)
         return self.se(self.fusion_norm(y.flatten(1, 2).mean(1)))                 # (B, D)
-
-    def forward(self, x: torch.Tensor, trust: float = 1.0) -> GReFELOutput:
-        e = self.forward_features(x)
-        return self.reliability(e, self.head(e), trust)
-
-    def feature_extractor_parameters(self) -> int:
-        heads = {id(p) for m in (self.head, self.reliability) for p in m.parameters()}
-        return sum(p.numel() for p in self.parameters() if id(p) not in heads)
 
     def load_vit(self, state: dict[str, torch.Tensor]) -> dict:
         """Load a timm-layout ViT state_dict into the image backbone; returns counts.
