@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/grefel data summary --format ferplus --data-root ../shared/datasets/ferplus --split valid --label-mode majority
+	$(BIN)/grefel predict examples/astronaut.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

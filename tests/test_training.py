@@ -231,6 +231,12 @@ def test_bad_config_is_one_line_exit_2(tmp_path, args, message):
     assert not (tmp_path / "o" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("preset", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_yaml_preset_loads(preset):
+    cfg = load_config(str(preset), [])        # validate() also builds the model's config
+    assert cfg.epochs > 0 and cfg.data.source.format == "ferplus"
+
+
 def test_checkpoint_from_another_preset_or_class_count_is_refused(tmp_path):
     out = tmp_path / "run"
     train(load_config(str(tiny_config(tmp_path, epochs=1)), []), out)

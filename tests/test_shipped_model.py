@@ -1,0 +1,50 @@
+"""The FERPlus model that ships inside the package: it loads offline, speaks the canonical labels,
+and recognises real FERPlus faces it was selected on far better than chance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+import grefel
+from grefel.checkpoint import shipped_checkpoint
+from grefel.data import DataSource, load_dataset
+from grefel.data.transforms import eval_transform
+from grefel.labels import CANONICAL_CLASSES
+from grefel.models import list_models
+
+SHIPPED_LIMIT_BYTES = 25 * 1024 * 1024
+
+
+def test_shipped_checkpoint_is_small_and_self_describing():
+    weights = shipped_checkpoint()
+    info = json.loads(weights.with_suffix(".json").read_text())
+    assert weights.stat().st_size <= SHIPPED_LIMIT_BYTES
+    assert tuple(info["class_names"]) == CANONICAL_CLASSES
+    assert info["temperature"] > 0 and info["preset"] in list_models()
+    for key in ("input", "preprocessing", "training", "metrics"):
+        assert key in info, f"shipped JSON lacks {key!r}"
+    assert info["training"]["data"], "the shipped JSON must say what it was trained on"
+
+
+def test_shipped_model_recognises_ferplus_valid_faces(ferplus_root, cache_dir):
+    model = grefel.load_model()
+    assert tuple(model.info["class_names"]) == CANONICAL_CLASSES
+    valid = load_dataset(DataSource(root=str(ferplus_root)), "valid", "majority")
+    # Every 8th valid face: 399 images covering every class, fixed so the check is repeatable.
+    picked = valid.subset(range(0, len(valid), 8))
+    transform = eval_transform(model.info["input"]["size"], model.info["input"]["channels"])
+    x = torch.stack([transform(image) for image in picked.images])   # (N, C, S, S)
+    with torch.inference_mode():
+        probabilities = model(x)                                      # (N, classes)
+    assert torch.allclose(probabilities.sum(dim=1), torch.ones(len(x)), atol=1e-4)
+    predicted = probabilities.argmax(dim=1).numpy()
+    accuracy = float((predicted == picked.labels).mean())
+    majority_rate = float(np.bincount(picked.labels).max() / len(picked))   # always answering "neutral"
+    # Chance is 1/8 and the majority class about 37%; a working FERPlus model is far above both.
+    assert accuracy >= 0.75, f"shipped model: {accuracy:.3f} on {len(picked)} valid faces"
+    assert accuracy > majority_rate + 0.3
+    # It must use more than two classes on a set that holds all eight.
+    assert len(set(predicted.tolist())) >= 6
