@@ -10,18 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from conftest import FERPLUS_ROOT, REPO_ROOT
 from grefel.checkpoint import build_from_checkpoint, load_training_state
-from grefel.cli import main as grefel_main
 from grefel.errors import ConfigError, GrefelError
 from grefel.training import load_config, train
-from training_helpers import TINY_MODEL, tiny_config
+from training_helpers import tiny_config
 
 
 @pytest.fixture(scope="module", autouse=True)

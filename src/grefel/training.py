@@ -15,7 +15,6 @@ import random
 import shlex
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,26 +271,134 @@ def checkpoint_info(cfg: TrainConfig, model, epoch: int, report: dict[str, Any],
     }
 
 
+def build_model(cfg: TrainConfig):
+    """The preset, with the starting weights the config names (init_from, ir50_weights, vit_weights)."""
+    from grefel.checkpoint import load_strict, read_model_checkpoint
+    from grefel.fileio import load_state_dict
+    from grefel.models import create_model
+
+    model = create_model(cfg.model, **cfg.model_args)
+    mcfg = model.config
+    if cfg.init_from:
+        tensors, init_info = read_model_checkpoint(cfg.init_from)
+        if init_info["preset"] != cfg.model or init_info["model"].get("num_classes") != mcfg.num_classes:
+            raise ConfigError(f"init_from {cfg.init_from}: a {init_info['preset']} checkpoint with "
+                              f"{init_info['model'].get('num_classes')} classes cannot start a {cfg.model} "
+                              f"run with {mcfg.num_classes} classes")
+        load_strict(model, tensors, cfg.init_from)
+    if cfg.ir50_weights:
+        from grefel.models.ir import load_ir50
+        if not hasattr(model, "image_backbone"):
+            raise ConfigError(f"ir50_weights: preset {cfg.model} has no IR image backbone")
+        report = load_ir50(model.image_backbone, load_state_dict(cfg.ir50_weights))
+        print(f"IR-50 weights: {report['loaded']} tensors loaded, {report['skipped']} unused skipped")
+    if cfg.vit_weights:
+        if not hasattr(model, "load_vit"):
+            raise ConfigError(f"vit_weights: preset {cfg.model} has no ViT image backbone")
+        report = model.load_vit(load_state_dict(cfg.vit_weights))
+        print(f"ViT weights: {report['loaded']} tensors loaded, {report['skipped']} skipped")
+    return model
+
+
+def check_classes_fit(name: str, ds, num_classes: int) -> None:
+    """A sample of a class beyond the model's head is a config mistake, not something to drop silently."""
+    import numpy as np
+
+    from grefel.labels import CANONICAL_CLASSES
+
+    beyond = np.flatnonzero(ds.targets[:, num_classes:].sum(1) > 0)
+    if beyond.size:
+        raise ConfigError(f"the {name} data has a sample of class "
+                          f"{CANONICAL_CLASSES[int(ds.targets[beyond[0]].argmax())]} ({ds.ids[beyond[0]]}) "
+                          f"but the model has {num_classes} classes ({', '.join(CANONICAL_CLASSES[:num_classes])})")
+
+
+def build_landmark_caches(model, datasets: dict[str, Any], cache_dir: str | None, info) -> dict[str, Any]:
+    """Frozen landmark maps of every image, computed once; under torchrun rank 0 computes and the
+    other ranks wait for the files, then map them."""
+    import torch
+
+    from grefel.landmark_cache import LandmarkCache
+
+    caches: dict[str, Any] = {}
+    for turn in ((True,) if not info.enabled else (info.is_main, not info.is_main)):
+        if turn:
+            caches = {name: LandmarkCache.load_or_build(model, ds.images, cache_dir,
+                                                        log=print if info.is_main else (lambda *_: None))
+                      for name, ds in datasets.items()}
+        if info.enabled:
+            torch.distributed.barrier()
+    return caches
+
+
+def restore_training_state(ckpt_dir: Path, model, ema, optimizer, scheduler, amp) -> dict[str, Any]:
+    """Load `last` (or `prev` when `last` is damaged) into the run's objects; returns its JSON state."""
+    from grefel.checkpoint import load_strict, load_training_state, optimizer_from_flat, unprefixed
+
+    tensors, state, which = load_training_state(ckpt_dir)
+    load_strict(model, unprefixed(tensors, "model"), ckpt_dir / f"{which}.safetensors")
+    if ema is not None:
+        ema.load_state_dict(unprefixed(tensors, "ema"))
+    optimizer.load_state_dict(optimizer_from_flat(unprefixed(tensors, "optim"), state["optimizer"]))
+    scheduler.load_state_dict(state["scheduler"])
+    amp.scaler.load_state_dict(state["scaler"])
+    set_rng_state(tensors, state["rng"])
+    print(f"resuming from the {which} checkpoint in {ckpt_dir}: epoch {state['epoch']}, step {state['step']}",
+          flush=True)
+    return state
+
+
+def save_best(out: Path, model, info: dict[str, Any], report: dict[str, Any], preds, serve: str,
+              class_names: list[str]) -> None:
+    """best.safetensors/.json, and the confusion matrix and reliability diagram of that epoch."""
+    import numpy as np
+    import torch
+
+    from grefel.checkpoint import save_model_checkpoint
+    from grefel.metrics import plot_confusion_matrix, plot_reliability_diagram
+
+    ckpt_dir, epoch = out / "checkpoints", info["training"]["epoch"]
+    try:
+        save_model_checkpoint(ckpt_dir / "best", model, info)
+    except OSError as exc:
+        raise GrefelError(f"could not write the best checkpoint in {ckpt_dir} ({exc.strerror or exc})") from None
+    plot_confusion_matrix(np.array(report["confusion_matrix"]), class_names, out / "plots" / "confusion_matrix_best.png",
+                          title=f"validation, epoch {epoch} (best)")
+    probs = torch.softmax(torch.from_numpy(preds.served_logits(serve)).double(), -1).numpy()
+    plot_reliability_diagram(probs, preds.label, out / "plots" / "reliability_best.png",
+                             title=f"validation, epoch {epoch} (best)")
+
+
+def save_last(ckpt_dir: Path, model, ema, optimizer, scheduler, amp, state: dict[str, Any]) -> None:
+    """The full training state `--resume` continues from; `state` holds epoch, step, best and config."""
+    from grefel.checkpoint import optimizer_to_flat, prefixed, save_training_state
+
+    rng_tensors, rng_info = rng_state()
+    optim_tensors, optim_rest = optimizer_to_flat(optimizer.state_dict())
+    tensors = {**prefixed(model.state_dict(), "model"), **prefixed(optim_tensors, "optim"), **rng_tensors}
+    if ema is not None:
+        tensors.update(prefixed(ema.state_dict(), "ema"))
+    try:
+        save_training_state(ckpt_dir, tensors, {**state, "optimizer": optim_rest, "scheduler": scheduler.state_dict(),
+                                                "scaler": amp.scaler.state_dict(), "rng": rng_info})
+    except OSError as exc:
+        raise GrefelError(f"could not write the epoch {state['epoch']} checkpoint in {ckpt_dir} "
+                          f"({exc.strerror or exc}); the previous checkpoint is intact") from None
+
+
 def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool = False,
           command: str = "") -> dict[str, Any]:
     """Run (or resume) training; returns the summary written to OUT/summary.json."""
-    import numpy as np
     import torch
     from torch.nn.parallel import DistributedDataParallel
     from torch.utils.data import DataLoader
 
-    from grefel.checkpoint import (load_training_state, optimizer_from_flat, optimizer_to_flat, prefixed,
-                                   read_model_checkpoint, save_model_checkpoint, save_training_state, unprefixed,
-                                   load_strict)
     from grefel.data import class_balanced_weights, class_weights, collate_samples, eval_transform, train_transform
     from grefel.distributed import (EpochSampler, ShardSampler, broadcast_object, init_distributed,
                                     shutdown_distributed)
     from grefel.engine import Amp, evaluate, train_one_epoch, unwrap
     from grefel.labels import CANONICAL_CLASSES
-    from grefel.landmark_cache import LandmarkCache
     from grefel.losses import GReFELLoss
-    from grefel.metrics import plot_confusion_matrix, plot_reliability_diagram
-    from grefel.models import create_model
     from grefel.optim import build_ema, build_optimizer, build_scheduler
     from grefel.tracking import Progress, RunLogger
 
@@ -319,40 +426,14 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed, cfg.deterministic)
 
-        # model
-        model = create_model(cfg.model, **cfg.model_args)
+        model = build_model(cfg)
         mcfg = model.config
-        if cfg.init_from:
-            tensors, init_info = read_model_checkpoint(cfg.init_from)
-            if init_info["preset"] != cfg.model or init_info["model"].get("num_classes") != mcfg.num_classes:
-                raise ConfigError(f"init_from {cfg.init_from}: a {init_info['preset']} checkpoint with "
-                                  f"{init_info['model'].get('num_classes')} classes cannot start a {cfg.model} "
-                                  f"run with {mcfg.num_classes} classes")
-            load_strict(model, tensors, cfg.init_from)
-        if cfg.ir50_weights:
-            from grefel.fileio import load_state_dict
-            from grefel.models.ir import load_ir50
-            if not hasattr(model, "image_backbone"):
-                raise ConfigError(f"ir50_weights: preset {cfg.model} has no IR image backbone")
-            report = load_ir50(model.image_backbone, load_state_dict(cfg.ir50_weights))
-            print(f"IR-50 weights: {report['loaded']} tensors loaded, {report['skipped']} unused skipped")
-        if cfg.vit_weights:
-            from grefel.fileio import load_state_dict
-            if not hasattr(model, "load_vit"):
-                raise ConfigError(f"vit_weights: preset {cfg.model} has no ViT image backbone")
-            report = model.load_vit(load_state_dict(cfg.vit_weights))
-            print(f"ViT weights: {report['loaded']} tensors loaded, {report['skipped']} skipped")
-        # data
         dcfg = cfg.data
-        train_ds = load_split(dcfg, "train")
-        val_ds = load_split(dcfg, "val")
-        num_classes = mcfg.num_classes
-        for name, ds in (("training", train_ds), ("validation", val_ds)):
-            beyond = np.flatnonzero(ds.targets[:, num_classes:].sum(1) > 0)
-            if beyond.size:
-                raise ConfigError(f"the {name} data has a sample of class "
-                                  f"{CANONICAL_CLASSES[int(ds.targets[beyond[0]].argmax())]} ({ds.ids[beyond[0]]}) "
-                                  f"but the model has {num_classes} classes ({', '.join(CANONICAL_CLASSES[:num_classes])})")
+        train_ds, val_ds = load_split(dcfg, "train"), load_split(dcfg, "val")
+        check_classes_fit("training", train_ds, mcfg.num_classes)
+        check_classes_fit("validation", val_ds, mcfg.num_classes)
+        if len(train_ds) < cfg.batch_size:
+            raise ConfigError(f"the training split has {len(train_ds)} samples, fewer than batch_size {cfg.batch_size}")
 
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -364,24 +445,14 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         if cfg.landmark_cache:
             if not hasattr(model, "landmark_maps"):
                 raise ConfigError(f"landmark_cache: preset {cfg.model} cannot take precomputed landmark maps")
-            # Rank 0 computes; the others wait for the files, then map them.
-            for turn in ((True,) if not info.enabled else (info.is_main, not info.is_main)):
-                if turn:
-                    caches = {name: LandmarkCache.load_or_build(model, ds.images, dcfg.source.cache_dir,
-                                                                log=print if info.is_main else (lambda *_: None))
-                              for name, ds in (("train", train_ds), ("val", val_ds))}
-                if info.enabled:
-                    torch.distributed.barrier()
-        per_rank = cfg.batch_size // info.world_size
-        if len(train_ds) < cfg.batch_size:
-            raise ConfigError(f"the training split has {len(train_ds)} samples, fewer than batch_size {cfg.batch_size}")
+            caches = build_landmark_caches(model, {"train": train_ds, "val": val_ds}, dcfg.source.cache_dir, info)
 
         sampler = EpochSampler(len(train_ds), cfg.seed, info,
                                class_balanced_weights(train_ds.labels) if dcfg.balanced_sampling else None)
         loader_generator = torch.Generator()
-        train_loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=cfg.num_workers,
-                                  collate_fn=collate_samples, drop_last=True, generator=loader_generator,
-                                  pin_memory=use_cuda)
+        train_loader = DataLoader(train_ds, batch_size=cfg.batch_size // info.world_size, sampler=sampler,
+                                  num_workers=cfg.num_workers, collate_fn=collate_samples, drop_last=True,
+                                  generator=loader_generator, pin_memory=use_cuda)
         val_loader = DataLoader(val_ds, batch_size=cfg.eval_batch_size, sampler=ShardSampler(len(val_ds), info),
                                 num_workers=cfg.num_workers, collate_fn=collate_samples, pin_memory=use_cuda)
         steps_per_epoch = len(train_loader)
@@ -402,16 +473,8 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         start_epoch, step, best, run_id = 1, 0, None, None
         ckpt_dir = out / "checkpoints"
         if resume:
-            tensors, state, which = load_training_state(ckpt_dir)
-            load_strict(model, unprefixed(tensors, "model"), ckpt_dir / f"{which}.safetensors")
-            if ema is not None:
-                ema.load_state_dict(unprefixed(tensors, "ema"))
-            optimizer.load_state_dict(optimizer_from_flat(unprefixed(tensors, "optim"), state["optimizer"]))
-            scheduler.load_state_dict(state["scheduler"])
-            amp.scaler.load_state_dict(state["scaler"])
-            set_rng_state(tensors, state["rng"])
+            state = restore_training_state(ckpt_dir, model, ema, optimizer, scheduler, amp)
             start_epoch, step, best, run_id = state["epoch"] + 1, state["step"], state["best"], state.get("wandb_run_id")
-            print(f"resuming {out} from {which} checkpoint: epoch {state['epoch']}, step {step}", flush=True)
 
         data_summary = {
             "format": dcfg.source.format, "root": dcfg.source.root, "train_split": dcfg.train_split,
@@ -450,41 +513,21 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
             improved = best is None or metric > best["value"]
             if improved:
                 best = {"value": metric, "epoch": epoch, "metric": cfg.select_metric}
-            if info.is_main:
-                row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
-                       "val_loss": report["nll"], "val_acc": report["accuracy"],
-                       "val_mean_class_acc": report["mean_class_accuracy"], "val_macro_f1": report["macro_f1"],
-                       "val_ece": report["ece"], "val_primary_acc": report["primary_accuracy"],
-                       "val_corrected_acc": report["corrected_accuracy"]}
-                served = preds.served_logits(cfg.serve)
-                if improved:
-                    best_model = unwrap(scored)
-                    try:
-                        save_model_checkpoint(ckpt_dir / "best", best_model,
-                                              checkpoint_info(cfg, best_model, epoch, report, command, data_summary))
-                    except OSError as exc:
-                        raise GrefelError(f"could not write the best checkpoint in {ckpt_dir} "
-                                          f"({exc.strerror or exc})") from None
-                    plot_confusion_matrix(np.array(report["confusion_matrix"]), class_names,
-                                          out / "plots" / "confusion_matrix_best.png",
-                                          title=f"validation, epoch {epoch} (best)")
-                    probs = torch.softmax(torch.from_numpy(served).double(), -1).numpy()
-                    plot_reliability_diagram(probs, preds.label, out / "plots" / "reliability_best.png",
-                                             title=f"validation, epoch {epoch} (best)")
-                logger.log_epoch(row, report, preds.label, served.argmax(1))
-                rng_tensors, rng_info = rng_state()
-                optim_tensors, optim_rest = optimizer_to_flat(optimizer.state_dict())
-                tensors = {**prefixed(model.state_dict(), "model"), **prefixed(optim_tensors, "optim"), **rng_tensors}
-                if ema is not None:
-                    tensors.update(prefixed(ema.state_dict(), "ema"))
-                try:
-                    save_training_state(ckpt_dir, tensors, {
-                        "epoch": epoch, "step": step, "best": best, "optimizer": optim_rest,
-                        "scheduler": scheduler.state_dict(), "scaler": amp.scaler.state_dict(), "rng": rng_info,
-                        "wandb_run_id": logger.run_id, "config": to_dict(cfg)})
-                except OSError as exc:
-                    raise GrefelError(f"could not write the epoch {epoch} checkpoint in {ckpt_dir} "
-                                      f"({exc.strerror or exc}); the previous checkpoint is intact") from None
+            if not info.is_main:
+                continue
+            if improved:
+                best_model = unwrap(scored)
+                save_best(out, best_model, checkpoint_info(cfg, best_model, epoch, report, command, data_summary),
+                          report, preds, cfg.serve, class_names)
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
+                   "val_loss": report["nll"], "val_acc": report["accuracy"],
+                   "val_mean_class_acc": report["mean_class_accuracy"], "val_macro_f1": report["macro_f1"],
+                   "val_ece": report["ece"], "val_primary_acc": report["primary_accuracy"],
+                   "val_corrected_acc": report["corrected_accuracy"]}
+            logger.log_epoch(row, report, preds.label, preds.served_logits(cfg.serve).argmax(1))
+            save_last(ckpt_dir, model, ema, optimizer, scheduler, amp,
+                      {"epoch": epoch, "step": step, "best": best, "wandb_run_id": logger.run_id,
+                       "config": to_dict(cfg)})
         summary = {"output_dir": str(out), "epochs": cfg.epochs, "best": best}
         if info.is_main:
             from grefel.fileio import atomic_write_json
