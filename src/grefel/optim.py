@@ -125,6 +125,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_pe
     return torch.optim.lr_scheduler.LambdaLR(target, schedule)
 
 
+def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict) -> None:
+    """Restore the step count but keep the schedule built from the current config: LambdaLR would
+    otherwise copy the saved LRSchedule fields back, so a resume with more epochs kept the old length."""
+    scheduler.load_state_dict({**state, "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
+
+
 @dataclass
 class EmaUpdate:
     """EMA step with the usual warm-up: decay_n = min(decay, (1 + n) / (10 + n)) after n updates,

@@ -334,13 +334,14 @@ def build_landmark_caches(model, datasets: dict[str, Any], cache_dir: str | None
 def restore_training_state(ckpt_dir: Path, model, ema, optimizer, scheduler, amp) -> dict[str, Any]:
     """Load `last` (or `prev` when `last` is damaged) into the run's objects; returns its JSON state."""
     from grefel.checkpoint import load_strict, load_training_state, optimizer_from_flat, unprefixed
+    from grefel.optim import load_scheduler_state
 
     tensors, state, which = load_training_state(ckpt_dir)
     load_strict(model, unprefixed(tensors, "model"), ckpt_dir / f"{which}.safetensors")
     if ema is not None:
         ema.load_state_dict(unprefixed(tensors, "ema"))
     optimizer.load_state_dict(optimizer_from_flat(unprefixed(tensors, "optim"), state["optimizer"]))
-    scheduler.load_state_dict(state["scheduler"])
+    load_scheduler_state(scheduler, state["scheduler"])
     amp.scaler.load_state_dict(state["scaler"])
     set_rng_state(tensors, state["rng"])
     print(f"resuming from the {which} checkpoint in {ckpt_dir}: epoch {state['epoch']}, step {state['step']}",
