@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grefel.calibration import T_MIN, apply_temperature, fit_temperature
+from grefel.calibration import T_MAX, T_MIN, apply_temperature, fit_temperature
 from grefel.errors import DataError
 from grefel.metrics import expected_calibration_error, nll
 
@@ -43,6 +43,12 @@ def test_reduces_nll_and_ece_of_overconfident_logits() -> None:
 def test_separable_logits_stop_at_the_lower_bound() -> None:
     z = torch.randn(50, 4, generator=torch.Generator().manual_seed(3))
     assert fit_temperature(z, z.argmax(dim=1)) == pytest.approx(T_MIN)
+
+
+def test_confidently_wrong_logits_stop_exactly_at_the_upper_bound() -> None:
+    # An untrained or broken model: the fit runs to T_MAX, which checkpoints must still accept.
+    z = torch.randn(50, 4, generator=torch.Generator().manual_seed(3))
+    assert fit_temperature(z, z.argmin(dim=1)) == T_MAX
 
 
 def test_apply_temperature() -> None:

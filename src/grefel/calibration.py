@@ -87,7 +87,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().clamp(*bounds).exp())
+    # exp(log(T_MAX)) is 100.00000000000004: clamp after exp so a bound is returned exactly.
+    return min(max(float(log_t.detach().exp()), T_MIN), T_MAX)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

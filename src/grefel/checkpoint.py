@@ -31,6 +31,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from grefel.calibration import T_MAX, T_MIN
 from grefel.errors import ConfigError, WeightsError
 from grefel.fileio import atomic_write_bytes, atomic_write_json
 from grefel.labels import CANONICAL_CLASSES
@@ -212,8 +213,8 @@ def validate_checkpoint_info(info: dict[str, Any], where: Path) -> None:
         temperature = float(info["temperature"])
     except OverflowError:  # a JSON integer beyond float range
         temperature = math.inf
-    if not 0.01 <= temperature <= 100:
-        raise ConfigError(f"{where}: temperature {info['temperature']} outside [0.01, 100]")
+    if not T_MIN <= temperature <= T_MAX:
+        raise ConfigError(f"{where}: temperature {info['temperature']} outside [{T_MIN:g}, {T_MAX:g}]")
 
 
 def build_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
