@@ -23,7 +23,7 @@ from training_helpers import tiny_config
 def checkpoint(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("eval-run")
     os.environ.setdefault("GREFEL_CACHE_DIR", str(tmp / "cache"))
-    train(load_config(str(tiny_config(tmp, epochs=1)), []), tmp / "run")
+    train(load_config(str(tiny_config(tmp, epochs=1, tta_flip=True)), []), tmp / "run")
     return tmp / "run" / "checkpoints" / "best.safetensors"
 
 
@@ -66,6 +66,7 @@ def test_evaluate_report_json_and_plots(checkpoint, tmp_path):
                 "confusion_matrix", "class_names", "corrected_accuracy", "primary_accuracy"):
         assert key in report, key
     assert report["num_samples"] == 3191 and report["class_names"] == list(CANONICAL_CLASSES)
+    assert report["tta_flip"] is True      # scored as the checkpoint serves (it was trained with tta_flip)
     assert np.array(report["confusion_matrix"]).sum() == 3191
     for name in ("confusion_matrix.png", "reliability_diagram.png"):
         assert cv2.imread(str(tmp_path / "plots" / name)) is not None
@@ -90,6 +91,7 @@ def test_calibrate_writes_a_temperature_that_lowers_nll(checkpoint, tmp_path):
     info = json.loads(target.with_suffix(".json").read_text())
     cal = info["calibration"]
     assert info["temperature"] != 1.0 and cal["nll_after"] <= cal["nll_before"] + 1e-9
+    assert cal["tta_flip"] is True         # fitted on the logits the checkpoint serves
     assert json.loads(checkpoint.with_suffix(".json").read_text())["temperature"] == 1.0  # source untouched
     report = tmp_path / "r.json"
     assert run("evaluate", "--checkpoint", str(target.with_suffix(".safetensors")), "--data-root",

@@ -32,7 +32,8 @@ def _common(parser: argparse.ArgumentParser, split_default: str) -> None:
     add_source_arguments(parser, split_default=split_default)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="data loader worker processes")
-    parser.add_argument("--tta-flip", action="store_true", help="average each image with its mirror")
+    parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each image with its mirror (default: as the checkpoint serves)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
@@ -59,6 +60,8 @@ def _predict(args: argparse.Namespace):
                         f"({num_classes} classes) cannot predict")
     ds.transform = eval_transform(info["input"]["size"], info["input"]["channels"])
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_samples)
+    if args.tta_flip is None:   # score what predict and serve return
+        args.tta_flip = bool(info.get("tta_flip", False))
     preds = predict(model, loader, device=device, amp=Amp("off", device.type), tta_flip=args.tta_flip)
     return path, info, ds, preds, shared
 
@@ -151,6 +154,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     before = torch.softmax(logits, -1).numpy()
     after = torch.softmax(logits / temperature, -1).numpy()
     result = {"temperature": temperature, "split": args.split, "num_samples": len(labels), "serve": serve,
+              "tta_flip": args.tta_flip,
               "nll_before": nll(before, labels), "nll_after": nll(after, labels),
               "ece_before": expected_calibration_error(before, labels),
               "ece_after": expected_calibration_error(after, labels)}

@@ -344,7 +344,7 @@ def restore_training_state(ckpt_dir: Path, model, ema, optimizer, scheduler, amp
     load_scheduler_state(scheduler, state["scheduler"])
     amp.scaler.load_state_dict(state["scaler"])
     set_rng_state(tensors, state["rng"])
-    print(f"resuming from the {which} checkpoint in {ckpt_dir}: epoch {state['epoch']}, step {state['step']}",
+    print(f"resuming {ckpt_dir.parent} from {which} checkpoint: epoch {state['epoch']}, step {state['step']}",
           flush=True)
     return state
 
