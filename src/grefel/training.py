@@ -349,7 +349,7 @@ def restore_training_state(ckpt_dir: Path, model, ema, optimizer, scheduler, amp
     return state
 
 
-def save_best(out: Path, model, info: dict[str, Any], report: dict[str, Any], preds, serve: str,
+def save_best(out: Path, model, info: dict[str, Any], report: dict[str, Any], served_logits, labels,
               class_names: list[str]) -> None:
     """best.safetensors/.json, and the confusion matrix and reliability diagram of that epoch."""
     import numpy as np
@@ -365,8 +365,8 @@ def save_best(out: Path, model, info: dict[str, Any], report: dict[str, Any], pr
         raise GrefelError(f"could not write the best checkpoint in {ckpt_dir} ({exc.strerror or exc})") from None
     plot_confusion_matrix(np.array(report["confusion_matrix"]), class_names, out / "plots" / "confusion_matrix_best.png",
                           title=f"validation, epoch {epoch} (best)")
-    probs = torch.softmax(torch.from_numpy(preds.served_logits(serve)).double(), -1).numpy()
-    plot_reliability_diagram(probs, preds.label, out / "plots" / "reliability_best.png",
+    probs = torch.softmax(torch.from_numpy(served_logits).double(), -1).numpy()
+    plot_reliability_diagram(probs, labels, out / "plots" / "reliability_best.png",
                              title=f"validation, epoch {epoch} (best)")
 
 
@@ -516,16 +516,17 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
                 best = {"value": metric, "epoch": epoch, "metric": cfg.select_metric}
             if not info.is_main:
                 continue
+            served = preds.served_logits(cfg.serve)
             if improved:
                 best_model = unwrap(scored)
                 save_best(out, best_model, checkpoint_info(cfg, best_model, epoch, report, command, data_summary),
-                          report, preds, cfg.serve, class_names)
+                          report, served, preds.label, class_names)
             row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
                    "val_loss": report["nll"], "val_acc": report["accuracy"],
                    "val_mean_class_acc": report["mean_class_accuracy"], "val_macro_f1": report["macro_f1"],
                    "val_ece": report["ece"], "val_primary_acc": report["primary_accuracy"],
                    "val_corrected_acc": report["corrected_accuracy"]}
-            logger.log_epoch(row, report, preds.label, preds.served_logits(cfg.serve).argmax(1))
+            logger.log_epoch(row, report, preds.label, served.argmax(1))
             save_last(ckpt_dir, model, ema, optimizer, scheduler, amp,
                       {"epoch": epoch, "step": step, "best": best, "wandb_run_id": logger.run_id,
                        "config": to_dict(cfg)})
