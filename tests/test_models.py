@@ -13,7 +13,7 @@ import torch
 from grefel.errors import WeightsError
 from grefel.fileio import load_state_dict
 from grefel.models import (GReFELConfig, GReFELViTConfig, PlainCNNConfig, create_model, kappa, list_models,
-                           load_landmark_weights, model_spec)
+                           load_landmark_weights, model_config, model_spec)
 from grefel.models.ir import IRBackbone, load_ir50
 from grefel.models.mobilefacenet import MobileFaceNet
 from grefel.models.reliability import ReliabilityHead
@@ -23,7 +23,7 @@ from grefel.models.serving import ServingModel, export_onnx
 TINY = {
     # Input, image branch and landmark branch at three sizes, so every resampling path runs.
     GReFELConfig: dict(input_size=48, branch_size=32, landmark_size=64, ir_stem=8, ir_widths=(8, 16, 32), ir_units=(1, 1, 1),
-                       cross_heads=(1, 2, 2), embed_dim=32, num_heads=2, num_anchors=3),
+                       vgg_widths=(8, 8, 16, 16), cross_heads=(1, 2, 2), embed_dim=32, num_heads=2, num_anchors=3),
     GReFELViTConfig: dict(input_size=32, landmark_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
                           cross_heads=2, num_anchors=3),
     PlainCNNConfig: dict(input_size=32, widths=(8, 16, 16, 32)),
@@ -45,7 +45,17 @@ def batch_for(model, n: int = 4) -> torch.Tensor:
 
 def test_every_preset_has_tiny_sizes():
     assert {model_spec(n).config_class for n in PRESETS} <= set(TINY)
-    assert {"grefel_paper", "grefel_small", "grefel_vit", "cnn_baseline"} <= set(PRESETS)
+    assert {"grefel_paper", "grefel_small", "grefel_vgg", "grefel_vit", "cnn_baseline"} <= set(PRESETS)
+
+
+def test_cnn_baseline_is_grefel_vgg_image_branch():
+    # The baseline comparison in the README only measures GReFEL's additions if the image branches match.
+    assert tuple(model_config("grefel_vgg").vgg_widths) == tuple(model_config("cnn_baseline").widths)
+    grefel, cnn = create_model("grefel_vgg"), create_model("cnn_baseline")
+    assert [tuple(p.shape) for p in grefel.image_backbone.parameters()] == [tuple(p.shape) for p in cnn.features.parameters()]
+    x = torch.rand(2, 3, 48, 48)
+    maps = grefel.image_backbone(grefel.input_spec.image_input(x))
+    assert [tuple(m.shape[1:]) for m in maps] == [(64, 12, 12), (128, 6, 6), (256, 3, 3)]  # the 12/6/3 windows
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -336,3 +346,4 @@ def test_serving_tta_averages_image_and_mirror(serve):
     else:
         expected = torch.softmax(((a.corrected + b.corrected) / 2).log() / 1.5, -1)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+

@@ -1,4 +1,4 @@
-"""A plain CNN baseline (VGG-style, four conv blocks), trained by the same engine.
+"""A plain CNN baseline (the VGG backbone of grefel.models.vgg and a linear classifier), trained by the same engine.
 
 It shows what GReFEL's landmark branch and reliability head add: same data,
 same budget, no geometry and no anchors. Its output fills only the primary
@@ -15,6 +15,7 @@ from torch import nn
 
 from grefel.models.grefel import InputSpec
 from grefel.models.reliability import GReFELOutput
+from grefel.models.vgg import VGGBackbone
 
 
 @dataclass
@@ -24,13 +25,9 @@ class PlainCNNConfig:
     input_size: int = 48
     mean: float = 0.5
     std: float = 0.5
-    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    widths: tuple[int, int, int, int] = (32, 64, 128, 256)
     dropout: float = 0.5
     tau: float = 1.0
-
-
-def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
 class PlainCNN(nn.Module):
@@ -39,18 +36,13 @@ class PlainCNN(nn.Module):
         self.config, self.preset = config, preset
         cfg = config
         self.input_spec = InputSpec(preset, cfg.in_chans, cfg.input_size, cfg.mean, cfg.std)
-        layers: list[nn.Module] = []
-        c = cfg.in_chans
-        for w in cfg.widths:                               # each block halves the resolution
-            layers += conv_bn(c, w) + conv_bn(w, w) + [nn.MaxPool2d(2)]
-            c = w
-        self.features = nn.Sequential(*layers)
+        self.features = VGGBackbone(cfg.in_chans, cfg.widths)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.fc = nn.Linear(c, cfg.num_classes)
+        self.fc = nn.Linear(cfg.widths[-1], cfg.num_classes)
 
     def forward(self, x: torch.Tensor, trust: float = 1.0) -> GReFELOutput:
         self.input_spec.check(x)
-        e = self.features(self.input_spec.image_input(x)).mean((2, 3))  # (B, 512)
+        e = self.features(self.input_spec.image_input(x))[-1].mean((2, 3))  # (B, widths[-1])
         logits = self.fc(self.dropout(e))
         p = F.softmax(logits / self.config.tau, -1)
         return GReFELOutput(logits=logits, primary=p, corrected=p, embedding=e)

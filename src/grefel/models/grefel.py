@@ -17,6 +17,7 @@ from grefel.models.ir import IRBackbone
 from grefel.models.layers import Block, SqueezeExcitation, init_transformer_weights
 from grefel.models.mobilefacenet import MobileFaceNet
 from grefel.models.reliability import GReFELOutput, ReliabilityHead
+from grefel.models.vgg import VGGBackbone
 
 LANDMARK_CHANNELS = (64, 128, 512)  # MobileFaceNet maps at strides 4, 8, 16
 
@@ -31,9 +32,11 @@ class GReFELConfig:
                                       # are resampled to the image maps when the two differ
     mean: float = 0.5                 # image-branch normalisation, done inside the model
     std: float = 0.5
+    image_backbone: str = "ir"        # "ir" (POSTER++'s IR stages 1-3, the ir_* sizes) or "vgg" (vgg_widths)
     ir_stem: int = 64
     ir_widths: tuple[int, int, int] = (64, 128, 256)
     ir_units: tuple[int, int, int] = (3, 4, 14)
+    vgg_widths: tuple[int, int, int, int] = (64, 128, 256, 512)
     cross_heads: tuple[int, int, int] = (2, 4, 8)
     cross_mlp_ratio: float = 4.0
     cross_drop_path: tuple[float, float, float] = (0.0, 0.125, 0.25)
@@ -146,12 +149,20 @@ class GReFEL(GReFELBase):
         cfg = config
         if cfg.branch_size % 16:
             raise ValueError(f"branch_size must be a multiple of 16, got {cfg.branch_size}")
-        D, widths = cfg.embed_dim, cfg.ir_widths
+        D = cfg.embed_dim
         self.input_spec = InputSpec(preset, cfg.in_chans, cfg.input_size, cfg.mean, cfg.std)
         self.landmarks = FrozenLandmarks()
-        self.image_backbone = IRBackbone(cfg.in_chans, cfg.ir_stem, widths, cfg.ir_units)
-        # Image maps come out at strides 2/4/8; a stride-2 conv per scale meets the landmark maps at 4/8/16.
-        self.image_downsample = nn.ModuleList(nn.Conv2d(w, w, 3, 2, 1) for w in widths)
+        if cfg.image_backbone == "ir":
+            widths = tuple(cfg.ir_widths)
+            self.image_backbone: nn.Module = IRBackbone(cfg.in_chans, cfg.ir_stem, widths, cfg.ir_units)
+            # IR maps come out at strides 2/4/8; a stride-2 conv per scale meets the landmark maps at 4/8/16.
+            self.image_downsample = nn.ModuleList(nn.Conv2d(w, w, 3, 2, 1) for w in widths)
+        elif cfg.image_backbone == "vgg":
+            widths = tuple(cfg.vgg_widths[1:])
+            self.image_backbone = VGGBackbone(cfg.in_chans, cfg.vgg_widths)      # maps already at 4/8/16
+            self.image_downsample = nn.ModuleList(nn.Identity() for _ in widths)
+        else:
+            raise ValueError(f"image_backbone must be 'ir' or 'vgg', got {cfg.image_backbone!r}")
         # The 512-channel deepest landmark map gets the paper's trainable 3x3 conv; shallower maps
         # need a 1x1 projection only when a light preset narrows the image widths.
         self.landmark_proj = nn.ModuleList([
@@ -210,7 +221,7 @@ class GReFEL(GReFELBase):
         self.input_spec.check(x)
         lm = self._landmark_maps(x) if landmark_maps is None else landmark_maps
         x = self.input_spec.resize(x, self.config.branch_size)                  # (B, c, 112, 112)
-        img = self.image_backbone(self.input_spec.image_input(x))               # 64x56x56, 128x28x28, 256x14x14
+        img = self.image_backbone(self.input_spec.image_input(x))               # IR: 64x56x56, 128x28x28, 256x14x14
         tokens = []
         for down, proj, cross, embed, fi, fl in zip(self.image_downsample, self.landmark_proj,
                                                     self.cross_blocks, self.to_tokens, img, lm):
