@@ -347,3 +347,25 @@ def test_serving_tta_averages_image_and_mirror(serve):
         expected = torch.softmax(((a.corrected + b.corrected) / 2).log() / 1.5, -1)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
 
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_fold_batchnorm_keeps_the_outputs(name):
+    from grefel.models.serving import fold_batchnorm
+
+    model = tiny(name).eval()
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():   # batch norms that are far from the identity, or folding them proves nothing
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=g))
+            bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            bn.weight.copy_(torch.randn(n, generator=g))
+            bn.bias.copy_(torch.randn(n, generator=g))
+    x = batch_for(model)
+    count = lambda: sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # noqa: E731
+    before_count = count()
+    with torch.no_grad():
+        before = model(x).logits
+        after = fold_batchnorm(model)(x).logits
+    assert count() < before_count
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * before.abs().max().item())
