@@ -82,3 +82,13 @@ def test_onnx_cache_follows_a_recalibrated_temperature(tmp_path, onnx_cache):
         onnx = Recognizer(stem, backend="onnx").classify(crops)
     assert np.abs(onnx - Recognizer(stem).classify(crops)).max() < 1e-4
     assert len(list((onnx_cache / "onnx").glob("*.onnx"))) == 2
+
+
+def test_onnx_backend_follows_tta_flip(tmp_path, monkeypatch):
+    """--no-tta-flip must not be served the cached export of the flipping graph, nor the reverse."""
+    monkeypatch.setenv("GREFEL_CACHE_DIR", str(tmp_path))
+    crops = valid_images(8)
+    for flip in (True, False):
+        onnx = Recognizer(backend="onnx", tta_flip=flip).classify(crops)
+        assert np.abs(onnx - Recognizer(tta_flip=flip).classify(crops)).max() < 1e-4
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2

@@ -68,6 +68,26 @@ def test_astronaut_one_face_and_cat_none(capsys):
     assert summary(out) == {"image": 2, "video frame": 0, "face": 1, "skipped": 0}
 
 
+def test_tta_flip_averages_the_face_and_its_mirror():
+    """With the flip, a face's probabilities are those of the face and of its mirror, combined as the
+    checkpoint serves them; --no-tta-flip (tta_flip=False) scores the face alone."""
+    flip, plain = Recognizer(detect=False), Recognizer(detect=False, tta_flip=False)
+    assert flip.tta_flip and not plain.tta_flip and flip.info["serve"] == "primary"
+    faces = [cv2.imread(str(FERPLUS_ROOT / "FER2013Valid" / f"fer0028{i}.png"), cv2.IMREAD_GRAYSCALE)
+             for i in range(638, 644)]
+    alone, mirrored = plain.classify(faces), plain.classify([np.ascontiguousarray(f[:, ::-1]) for f in faces])
+    # Primary serving averages the logits: softmax of the mean log-probability, at the same temperature.
+    expected = torch.softmax(torch.from_numpy(np.log(alone) + np.log(mirrored)) / 2, -1).numpy()
+    assert np.abs(flip.classify(faces) - expected).max() < 1e-5
+    assert np.abs(alone - mirrored).max() > 1e-3      # the mirror is a different input, or this proves nothing
+
+
+def test_smaller_detect_size_finds_the_same_face(capsys):
+    (full,), (small,) = (Recognizer(detect_size=size).predict(str(ASTRONAUT)).faces for size in (1280, 256))
+    assert max(abs(a - b) for a, b in zip(full.box, small.box)) < 6   # pixels of the 512 px photo
+    assert small.label == full.label
+
+
 def test_no_detect_csv_matches_the_evaluate_path(tmp_path, capsys, cache_dir):
     """Same crops, same probabilities: the predict path (decode RGB, to grey, --no-detect) and the
     evaluate path (FERPlus loader, eval_transform, engine.predict, temperature) agree."""
@@ -136,6 +156,7 @@ def test_missing_input_fails_in_one_line_before_any_work(tmp_path, capsys):
     (["--every", "0"], "--every 0: expected a positive frame step"),
     (["--backend", "tflite"], "backend 'tflite': expected one of torch, onnx"),
     (["--batch-size", "0"], "batch_size: expected a positive number of faces per batch, got 0"),
+    (["--detect-size", "16"], "detect size: expected at least 32 pixels (longest side), got 16"),
 ])
 def test_bad_options_fail_in_one_line(capsys, argv, message):
     code, _, err = predict(capsys, ASTRONAUT, *argv)

@@ -7,13 +7,16 @@ import os
 from pathlib import Path
 
 
-def export_checkpoint(checkpoint: str | os.PathLike | None, output: str | os.PathLike, opset: int = 17) -> Path:
-    """Export the ServingModel of `checkpoint` (the shipped model when None) to `output`."""
+def export_checkpoint(checkpoint: str | os.PathLike | None, output: str | os.PathLike, opset: int = 17,
+                      tta_flip: bool | None = None) -> Path:
+    """Export the ServingModel of `checkpoint` (the shipped model when None) to `output`; `tta_flip`
+    None keeps the checkpoint's test-time flip setting."""
     from grefel.checkpoint import build_from_checkpoint, resolve_checkpoint
     from grefel.models.serving import ServingModel, export_onnx
 
     model, info = build_from_checkpoint(resolve_checkpoint(checkpoint))
-    serving = ServingModel(model, info["serve"], float(info["temperature"]), bool(info.get("tta_flip", False)))
+    flip = bool(info.get("tta_flip", False)) if tta_flip is None else tta_flip
+    serving = ServingModel(model, info["serve"], float(info["temperature"]), flip)
     size, channels = info["input"]["size"], info["input"]["channels"]
     export_onnx(serving, output, (2, channels, size, size), opset=opset)
     return Path(output)
@@ -27,10 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", help="X.safetensors (with X.json); default: the shipped model")
     parser.add_argument("--output", required=True, help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each face with its mirror inside the graph (default: the checkpoint's setting)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    path = export_checkpoint(args.checkpoint, args.output, args.opset)
+    path = export_checkpoint(args.checkpoint, args.output, args.opset, args.tta_flip)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -38,12 +38,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                          "(as they come, resumable)")
     parser.add_argument("--annotate", metavar="DIR", help="write copies with boxes and labels drawn here, "
                                                           "same names (folders mirrored; videos in mp4v)")
-    parser.add_argument("--batch-size", type=int, default=64, help="faces classified together (default 64)")
+    parser.add_argument("--batch-size", type=int, default=32, help="faces classified together (default 32)")
     parser.add_argument("--min-face-size", type=int, default=0, help="ignore faces smaller than this (pixels)")
     parser.add_argument("--score-threshold", type=float, default=0.7, help="face detector score (default 0.7)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--backend", default="torch", help="torch or onnx (exported once, then cached)")
     parser.add_argument("--no-detect", action="store_true", help="each image is already a cropped face")
+    parser.add_argument("--detect-size", type=int, default=1280, metavar="PX",
+                        help="shrink larger photos to this longest side for detection only (default 1280; "
+                             "smaller is faster and misses more small faces)")
+    parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each face with its mirror (default: the checkpoint's setting; "
+                             "--no-tta-flip halves classification time)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="videos: every N-th frame (default 1)")
     parser.add_argument("--resume", action="store_true",
                         help="skip the images and frames already in the .jsonl/.csv --output and append the rest "
@@ -199,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     targets = annotation_targets(jobs, Path(args.annotate)) if args.annotate else {}
     recognizer = Recognizer(args.checkpoint, device=args.device, backend=args.backend, detect=not args.no_detect,
                             min_face_size=args.min_face_size, score_threshold=args.score_threshold,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, tta_flip=args.tta_flip, detect_size=args.detect_size)
     videos = {i: video_info(job.path) for i, job in enumerate(jobs) if job.kind == "video"}
     progress = Progress(sum(1 for job in jobs if job.kind != "video")
                         + sum(math.ceil(count / args.every) for count, _ in videos.values()))

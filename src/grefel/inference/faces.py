@@ -77,7 +77,7 @@ class FaceDetector:
         if min_face_size < 0:
             raise ConfigError(f"min_face_size: expected pixels >= 0, got {min_face_size}")
         if max_side < 32:
-            raise ConfigError(f"max_side: expected at least 32 pixels, got {max_side}")
+            raise ConfigError(f"detect size: expected at least 32 pixels (longest side), got {max_side}")
         path = Path(model_path) if model_path is not None else DEFAULT_MODEL
         if not path.is_file():
             raise WeightsError(f"{path}: face detector model not found")

@@ -73,7 +73,11 @@ class Recognizer:
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, device: str = "cpu",
                  backend: str = "torch", detect: bool = True, min_face_size: int = 0,
-                 score_threshold: float = 0.7, batch_size: int = 64, onnx_path: str | os.PathLike | None = None):
+                 score_threshold: float = 0.7, batch_size: int = 32, onnx_path: str | os.PathLike | None = None,
+                 tta_flip: bool | None = None, detect_size: int = 1280):
+        """`tta_flip`: average each face with its mirror (None: as the checkpoint was evaluated; False
+        halves the classification time). `detect_size`: photos larger than this are shrunk to it (longest
+        side, pixels) for detection only; a smaller value detects faster and misses more small faces."""
         from grefel.checkpoint import read_model_checkpoint, resolve_checkpoint
 
         if backend not in BACKENDS:
@@ -87,7 +91,9 @@ class Recognizer:
         self.crop_size, self.color = int(prep["crop_size"]), prep["color"]
         self.transform = eval_transform(self.info["input"]["size"], self.info["input"]["channels"])
         self.batch_size = batch_size
-        self.detector = FaceDetector(score_threshold=score_threshold, min_face_size=min_face_size) if detect else None
+        self.tta_flip = bool(self.info.get("tta_flip", False)) if tta_flip is None else bool(tta_flip)
+        self.detector = FaceDetector(score_threshold=score_threshold, min_face_size=min_face_size,
+                                     max_side=detect_size) if detect else None
         self.backend = backend
         if backend == "torch":
             self._model, self._device = self._torch_model(device)
@@ -102,7 +108,7 @@ class Recognizer:
         from grefel.models.serving import ServingModel
 
         model, info = build_from_checkpoint(self.checkpoint)
-        return ServingModel(model, info["serve"], float(info["temperature"]), bool(info.get("tta_flip", False)))
+        return ServingModel(model, info["serve"], float(info["temperature"]), self.tta_flip)
 
     def _torch_model(self, device: str):
         import torch
@@ -124,7 +130,7 @@ class Recognizer:
         path = Path(onnx_path) if onnx_path else self._onnx_cache_path()
         if not path.is_file():
             from grefel.export import export_checkpoint
-            export_checkpoint(self.checkpoint, path)
+            export_checkpoint(self.checkpoint, path, tta_flip=self.tta_flip)
         return ort.InferenceSession(str(path), providers=providers)
 
     def _onnx_cache_path(self) -> Path:
@@ -141,7 +147,8 @@ class Recognizer:
         from grefel.data.cache import default_cache_dir
 
         weights = self.info.get("weights_sha256") or hashlib.sha256(self.checkpoint.read_bytes()).hexdigest()
-        baked = {k: self.info.get(k) for k in ("preset", "model", "input", "serve", "temperature", "tta_flip")}
+        baked = {k: self.info.get(k) for k in ("preset", "model", "input", "serve", "temperature")}
+        baked["tta_flip"] = self.tta_flip
         key = hashlib.sha256(json.dumps([weights, baked], sort_keys=True).encode()).hexdigest()
         return default_cache_dir() / "onnx" / f"{key[:32]}.onnx"
 
