@@ -84,7 +84,8 @@ def test_tta_flip_averages_the_face_and_its_mirror():
 
 def test_smaller_detect_size_finds_the_same_face(capsys):
     (full,), (small,) = (Recognizer(detect_size=size).predict(str(ASTRONAUT)).faces for size in (1280, 256))
-    assert max(abs(a - b) for a, b in zip(full.box, small.box)) < 6   # pixels of the 512 px photo
+    # Detected at half the size, the box is mapped back to the photo's pixels: within a tenth of the face.
+    assert max(abs(a - b) for a, b in zip(full.box, small.box)) < 0.1 * full.box[2]
     assert small.label == full.label
 
 
