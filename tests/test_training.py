@@ -266,3 +266,31 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert abs(float(m1["val_acc"]) - float(m2["val_acc"])) <= 0.1
     best = json.loads((two / "checkpoints" / "best.json").read_text())
     assert best["metrics"]["valid"]["num_samples"] == 96  # every validation sample counted once across ranks
+
+
+def test_image_init_from_starts_grefel_vgg_from_a_cnn_baseline(tmp_path):
+    """The trained plain CNN's VGG stack becomes grefel_vgg's image branch, tensor for tensor."""
+    from grefel.checkpoint import save_model_checkpoint
+    from grefel.config import to_dict
+    from grefel.labels import CANONICAL_CLASSES
+    from grefel.models import create_model
+    from grefel.training import build_model
+
+    widths = [8, 8, 16, 16]
+    torch.manual_seed(3)
+    cnn = create_model("cnn_baseline", widths=widths)
+    stem = tmp_path / "cnn"
+    save_model_checkpoint(stem, cnn, {
+        "preset": "cnn_baseline", "model": to_dict(cnn.config), "class_names": list(CANONICAL_CLASSES),
+        "input": {"size": 48, "channels": 3}, "preprocessing": {"color": "grey", "crop_size": 48},
+        "serve": "primary", "temperature": 1.0})
+    vgg_args = {"vgg_widths": widths, "cross_heads": [1, 2, 2], "embed_dim": 32, "num_heads": 2, "num_anchors": 3}
+    cfg = load_config(str(tiny_config(tmp_path, model="grefel_vgg", model_args=vgg_args,
+                                      image_init_from=str(stem.with_suffix(".safetensors")))), [])
+    model = build_model(cfg)
+    expected = cnn.features.state_dict()
+    got = model.image_backbone.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    # Anything but a cnn_baseline checkpoint, or a preset without the VGG branch, is a config error.
+    with pytest.raises(ConfigError, match="has no VGG image branch"):
+        build_model(load_config(str(tiny_config(tmp_path, image_init_from=str(stem))), []))

@@ -56,6 +56,8 @@ class TrainConfig:
     init_from: str | None = None         # a grefel model checkpoint to start from (same preset and classes)
     ir50_weights: str | None = None      # POSTER++ ir50.pth for the image backbone (POSTER++-family presets)
     vit_weights: str | None = None       # a timm-layout ViT state_dict (grefel_vit)
+    image_init_from: str | None = None   # a cnn_baseline checkpoint whose VGG stack starts grefel_vgg's image
+                                         # branch: the pretrained image branch of the paper, trained here
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -272,8 +274,9 @@ def checkpoint_info(cfg: TrainConfig, model, epoch: int, report: dict[str, Any],
 
 
 def build_model(cfg: TrainConfig):
-    """The preset, with the starting weights the config names (init_from, ir50_weights, vit_weights)."""
-    from grefel.checkpoint import load_strict, read_model_checkpoint
+    """The preset, with the starting weights the config names (init_from, ir50_weights, vit_weights,
+    image_init_from)."""
+    from grefel.checkpoint import load_strict, read_model_checkpoint, unprefixed
     from grefel.fileio import load_state_dict
     from grefel.models import create_model
 
@@ -297,6 +300,16 @@ def build_model(cfg: TrainConfig):
             raise ConfigError(f"vit_weights: preset {cfg.model} has no ViT image backbone")
         report = model.load_vit(load_state_dict(cfg.vit_weights))
         print(f"ViT weights: {report['loaded']} tensors loaded, {report['skipped']} skipped")
+    if cfg.image_init_from:
+        from grefel.models.vgg import VGGBackbone
+        if not isinstance(getattr(model, "image_backbone", None), VGGBackbone):
+            raise ConfigError(f"image_init_from: preset {cfg.model} has no VGG image branch")
+        tensors, init_info = read_model_checkpoint(cfg.image_init_from)
+        if init_info["preset"] != "cnn_baseline":
+            raise ConfigError(f"image_init_from {cfg.image_init_from}: a {init_info['preset']} checkpoint; "
+                              f"expected a cnn_baseline one")
+        load_strict(model.image_backbone, unprefixed(tensors, "features"), cfg.image_init_from)
+        print(f"image branch: started from the VGG stack of {cfg.image_init_from}")
     return model
 
 
