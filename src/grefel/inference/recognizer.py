@@ -131,7 +131,10 @@ class Recognizer:
         if not path.is_file():
             from grefel.export import export_checkpoint
             export_checkpoint(self.checkpoint, path, tta_flip=self.tta_flip)
-        return ort.InferenceSession(str(path), providers=providers)
+        options = ort.SessionOptions()
+        # By default the pool's threads spin after each run, taking the cores from the face detection that follows.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
     def _onnx_cache_path(self) -> Path:
         """Where the exported model of this checkpoint lives: the grefel cache, keyed by content.
