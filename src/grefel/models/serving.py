@@ -25,7 +25,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """Fold every BatchNorm2d that directly follows a Conv2d into that conv's weights and bias.
 
     Exact up to float rounding, and it cuts the eval-mode CPU time of grefel_vgg by about a fifth
-    (the landmark branch alone has 50 such pairs). In place, and for inference only: the model is
+    (the landmark network alone has 49 such pairs). In place, and for inference only: the model is
     put in eval mode and its state_dict changes (BN entries gone, conv biases added).
     """
     model.eval()
