@@ -25,13 +25,10 @@ __all__ = ["CANONICAL_CLASSES", "Recognizer", "load_model", "__version__"]
 def load_model(checkpoint: str | None = None, device: str = "cpu") -> "ServingModel":
     """A checkpoint (the shipped FERPlus model by default) as an eval-mode module returning
     calibrated probabilities; `.info` holds its JSON (classes, input size, metrics)."""
-    from grefel.checkpoint import build_from_checkpoint, resolve_checkpoint
+    from grefel.checkpoint import resolve_checkpoint
     from grefel.models.serving import ServingModel
 
-    model, info = build_from_checkpoint(resolve_checkpoint(checkpoint))
-    serving = ServingModel(model, info["serve"], float(info["temperature"]), bool(info.get("tta_flip", False)))
-    serving.info = info
-    return serving.to(device)
+    return ServingModel.from_checkpoint(resolve_checkpoint(checkpoint)).to(device)
 
 
 def __getattr__(name: str) -> Any:

@@ -49,7 +49,7 @@ def _predict(args: argparse.Namespace):
     from grefel.engine import Amp, predict
     from grefel.errors import DataError
     from grefel.labels import CANONICAL_CLASSES
-    from grefel.models.serving import fold_batchnorm
+    from grefel.models.serving import fold_batchnorm, served_tta_flip
 
     path = resolve_checkpoint(args.checkpoint)
     model, info = build_from_checkpoint(path)
@@ -64,7 +64,7 @@ def _predict(args: argparse.Namespace):
     ds.transform = eval_transform(info["input"]["size"], info["input"]["channels"])
     loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_samples)
     if args.tta_flip is None:   # score what predict and serve return
-        args.tta_flip = bool(info.get("tta_flip", False))
+        args.tta_flip = served_tta_flip(info)
     preds = predict(model, loader, device=device, amp=Amp("off", device.type), tta_flip=args.tta_flip)
     return path, info, ds, preds, shared
 

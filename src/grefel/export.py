@@ -11,13 +11,11 @@ def export_checkpoint(checkpoint: str | os.PathLike | None, output: str | os.Pat
                       tta_flip: bool | None = None) -> Path:
     """Export the ServingModel of `checkpoint` (the shipped model when None) to `output`; `tta_flip`
     None keeps the checkpoint's test-time flip setting."""
-    from grefel.checkpoint import build_from_checkpoint, resolve_checkpoint
+    from grefel.checkpoint import resolve_checkpoint
     from grefel.models.serving import ServingModel, export_onnx
 
-    model, info = build_from_checkpoint(resolve_checkpoint(checkpoint))
-    flip = bool(info.get("tta_flip", False)) if tta_flip is None else tta_flip
-    serving = ServingModel(model, info["serve"], float(info["temperature"]), flip)
-    size, channels = info["input"]["size"], info["input"]["channels"]
+    serving = ServingModel.from_checkpoint(resolve_checkpoint(checkpoint), tta_flip)
+    size, channels = serving.info["input"]["size"], serving.info["input"]["channels"]
     export_onnx(serving, output, (2, channels, size, size), opset=opset)
     return Path(output)
 

@@ -79,6 +79,7 @@ class Recognizer:
         halves the classification time). `detect_size`: photos larger than this are shrunk to it (longest
         side, pixels) for detection only; a smaller value detects faster and misses more small faces."""
         from grefel.checkpoint import read_model_checkpoint, resolve_checkpoint
+        from grefel.models.serving import served_tta_flip
 
         if backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -91,7 +92,7 @@ class Recognizer:
         self.crop_size, self.color = int(prep["crop_size"]), prep["color"]
         self.transform = eval_transform(self.info["input"]["size"], self.info["input"]["channels"])
         self.batch_size = batch_size
-        self.tta_flip = bool(self.info.get("tta_flip", False)) if tta_flip is None else bool(tta_flip)
+        self.tta_flip = served_tta_flip(self.info, tta_flip)
         self.detector = FaceDetector(score_threshold=score_threshold, min_face_size=min_face_size,
                                      max_side=detect_size) if detect else None
         self.backend = backend
@@ -104,11 +105,9 @@ class Recognizer:
 
     def serving_model(self):
         """The checkpoint as a ServingModel (eval mode): what both backends compute."""
-        from grefel.checkpoint import build_from_checkpoint
         from grefel.models.serving import ServingModel
 
-        model, info = build_from_checkpoint(self.checkpoint)
-        return ServingModel(model, info["serve"], float(info["temperature"]), self.tta_flip)
+        return ServingModel.from_checkpoint(self.checkpoint, self.tta_flip)
 
     def _torch_model(self, device: str):
         import torch

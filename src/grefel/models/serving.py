@@ -39,6 +39,11 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def served_tta_flip(info: dict, tta_flip: bool | None = None) -> bool:
+    """Whether a checkpoint is served with test-time flip: as it was evaluated, unless `tta_flip` says."""
+    return bool(info.get("tta_flip", False)) if tta_flip is None else bool(tta_flip)
+
+
 class ServingModel(nn.Module):
     """Eval-mode wrapper: (B, C_in, S, S) in [0, 1] -> (B, classes) probabilities.
 
@@ -58,6 +63,16 @@ class ServingModel(nn.Module):
         self.serve = serve
         self.temperature = float(temperature)
         self.tta_flip = tta_flip
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, tta_flip: bool | None = None) -> "ServingModel":
+        """The checkpoint's model with its served prediction and temperature; `.info` holds its JSON."""
+        from grefel.checkpoint import build_from_checkpoint
+
+        model, info = build_from_checkpoint(path)
+        serving = cls(model, info["serve"], float(info["temperature"]), served_tta_flip(info, tta_flip))
+        serving.info = info
+        return serving
 
     def train(self, mode: bool = True) -> "ServingModel":
         return super().train(False)
