@@ -219,6 +219,7 @@ def test_wandb_offline_run_without_network(tmp_path):
     (["--set", "model_args.widths=3"], "unknown key 'widths'"),
     (["--data-root", "/nonexistent/ferplus"], "/nonexistent/ferplus"),
     (["--set", "amp=fp8"], "amp = 'fp8'"),
+    (["--set", "wandb=off"], "quote the word"),
 ])
 def test_bad_config_is_one_line_exit_2(tmp_path, args, message):
     proc = run_cli("train", "--config", str(tiny_config(tmp_path)), "--output-dir", str(tmp_path / "o"), *args)
@@ -232,6 +233,16 @@ def test_bad_config_is_one_line_exit_2(tmp_path, args, message):
 def test_every_shipped_yaml_preset_loads(preset):
     cfg = load_config(str(preset), [])        # validate() also builds the model's config
     assert cfg.epochs > 0 and cfg.data.source.format == "ferplus"
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    # PyYAML reads 3e-4 as a string (YAML 1.1); the help text's own example must work, in --set and in files.
+    preset = tmp_path / "p.yaml"
+    preset.write_text("optim:\n  weight_decay: 5e-2\n", encoding="utf-8")
+    cfg = load_config(str(preset), ["optim.lr=3e-4", "optim.min_lr_ratio=-1E-2"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.min_lr_ratio) == (3e-4, 5e-2, -1e-2)
+    with pytest.raises(ConfigError, match="optim.lr: expected a finite number, got '3e-4x'"):
+        load_config(None, ["optim.lr=3e-4x"])
 
 
 def test_checkpoint_from_another_preset_or_class_count_is_refused(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any
@@ -64,6 +65,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
+        # PyYAML follows YAML 1.1, which reads 3e-4 (no dot) as a string; take it as the number it is.
+        if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value.strip()):
+            value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
                 if math.isfinite(number := float(value)):
@@ -74,6 +78,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes unquoted as false/true
+            raise ConfigError(f"{where}: expected a string, got {value!r} (YAML reads off, on, no and yes as "
+                              f"false/true: quote the word, e.g. \"'off'\")")
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if tp is Any:
         return value
