@@ -51,3 +51,35 @@ def test_resume_with_more_epochs_follows_the_longer_schedule():
     expected = lrs(scheduler, optimizer, 4 * STEPS_PER_EPOCH)[2 * STEPS_PER_EPOCH:]
     assert resumed[1:] == pytest.approx(expected[1:])  # the first lr is the one stored with the optimizer
     assert resumed[1] > 0.5                            # the 2-epoch schedule was at its floor here
+
+
+class TwoBranches(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image_backbone = torch.nn.Linear(2, 2)
+        self.head = torch.nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_image_lr_scale_applies_to_the_image_branch_only_through_the_schedule(scale):
+    model = TwoBranches()
+    cfg = OptimConfig(lr=1.0, schedule="cosine", warmup_epochs=1.0, min_lr_ratio=0.0, image_lr_scale=scale)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, STEPS_PER_EPOCH, 3)
+    image = {id(p) for p in model.image_backbone.parameters()}
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())   # every parameter, once
+    for _ in range(2 * STEPS_PER_EPOCH):
+        base = optimizer.param_groups[0]["lr"]
+        for group in optimizer.param_groups:
+            in_image = {id(p) in image for p in group["params"]}
+            assert len(in_image) == 1 or scale == 1.0                     # scaled groups hold one branch
+            assert group["lr"] == pytest.approx(base * (scale if in_image == {True} else 1.0))
+        optimizer.step()
+        scheduler.step()
+
+
+def test_image_lr_scale_must_be_positive():
+    from grefel.errors import ConfigError
+    with pytest.raises(ConfigError, match="optim.image_lr_scale"):
+        OptimConfig(image_lr_scale=0.0)

@@ -24,6 +24,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.01        # cosine floor, as a fraction of lr
     gamma: float = 0.98               # exponential decay per epoch (POSTER++: 0.98)
     grad_clip: float | None = 5.0     # max global gradient norm; null disables
+    image_lr_scale: float = 1.0       # lr multiplier for the model's image branch (`image_backbone`): below 1
+                                      # when it starts pretrained, so the fresh fusion and heads do not wreck it
     ema: bool = False
     ema_decay: float = 0.999
 
@@ -34,6 +36,8 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule = {self.schedule!r}: expected cosine, exponential or constant")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr = {self.lr!r}: expected a positive number")
+        if not self.image_lr_scale > 0:
+            raise ConfigError(f"optim.image_lr_scale = {self.image_lr_scale!r}: expected a positive number")
 
 
 class SAM(torch.optim.Optimizer):
@@ -81,18 +85,23 @@ class SAM(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """No weight decay on biases, norms, tokens, position embeddings, LayerScale and anchors."""
-    decay, no_decay = [], []
+    """No weight decay on biases, norms, tokens, position embeddings, LayerScale and anchors; the image
+    branch's groups (if `image_lr_scale` != 1) get lr * image_lr_scale. Group 0 always has the base lr."""
+    image_ids = {id(p) for p in model.image_backbone.parameters()} \
+        if cfg.image_lr_scale != 1.0 and hasattr(model, "image_backbone") else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(i, d): [] for i in (False, True) for d in (True, False)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         skip = p.ndim <= 1 or name.endswith(("cls_token", "pos_embed", "relative_position_bias_table", "anchors"))
-        (no_decay if skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups[(id(p) in image_ids, not skip)].append(p)
+    param_groups = [{"params": params, "weight_decay": cfg.weight_decay if decay else 0.0,
+                     "lr": cfg.lr * (cfg.image_lr_scale if image else 1.0)}
+                    for (image, decay), params in groups.items() if params or not image]
     if cfg.name == "sam":
-        return SAM(groups, torch.optim.AdamW, rho=cfg.sam_rho, lr=cfg.lr, betas=cfg.betas)
+        return SAM(param_groups, torch.optim.AdamW, rho=cfg.sam_rho, lr=cfg.lr, betas=cfg.betas)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=cfg.lr, betas=cfg.betas)
+    return cls(param_groups, lr=cfg.lr, betas=cfg.betas)
 
 
 @dataclass
