@@ -83,7 +83,7 @@ def test_albumentations_backend(faces):
     assert torch.equal(first, torch.stack([again(faces.images[i]) for i in range(6)]))
     plain = train_transform(48, 1, AugmentConfig(**{**NO_AUG.__dict__, "backend": "albumentations"}))
     assert (plain(faces.images[2]) - eval_transform(48, 1)(faces.images[2])).abs().max() <= 2 / 255
-    with pytest.raises(ConfigError, match="landmark_cache"):
+    with pytest.raises(ConfigError, match="frozen_cache"):
         train_transform(48, 3, aug, with_geometry=True)
     with pytest.raises(ConfigError, match="augment.backend"):
         AugmentConfig(backend="kornia")

@@ -1,4 +1,4 @@
-"""The landmark-map cache: exact when unwarped, and warped like the image it stands in for."""
+"""The frozen-map cache: exact when unwarped, and warped like the image it stands in for."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from grefel.data import AugmentConfig, DataSource, load_dataset
 from grefel.data.transforms import TrainTransform, eval_transform
-from grefel.landmark_cache import LandmarkCache
+from grefel.frozen_cache import FrozenMapCache
 from grefel.models import create_model
 
 SIZES = dict(input_size=48, branch_size=48, landmark_size=112, ir_stem=8, ir_widths=(8, 16, 32), ir_units=(1, 1, 1),
@@ -21,7 +21,7 @@ def setup(tmp_path_factory):
     images = load_dataset(DataSource(root=str(_ferplus()), use_cache=False), "valid").images[:48]
     model = create_model("grefel_small", **SIZES).eval()
     directory = tmp_path_factory.mktemp("lmcache")
-    return model, images, LandmarkCache.load_or_build(model, images, directory, batch_size=16, log=lambda *_: None), directory
+    return model, images, FrozenMapCache.load_or_build(model, images, directory, batch_size=16, log=lambda *_: None), directory
 
 
 def _ferplus():
@@ -31,7 +31,7 @@ def _ferplus():
 
 def online(model, x):
     with torch.no_grad():
-        return model.landmark_maps(x)
+        return model.frozen_maps(x)
 
 
 def test_unwarped_cache_equals_online_maps(setup):
@@ -74,12 +74,12 @@ def test_warped_maps_track_the_augmented_image(setup):
 
 def test_second_load_reuses_the_files(setup):
     model, images, cache, directory = setup
-    files = sorted(directory.glob("landmarks-*.npy"))
+    files = sorted(directory.glob("frozen-*.npy"))
     assert len(files) == 3
     stamps = [f.stat().st_mtime_ns for f in files]
     calls = []
-    again = LandmarkCache.load_or_build(model, images, directory, log=calls.append)
+    again = FrozenMapCache.load_or_build(model, images, directory, log=calls.append)
     assert calls == [] and [f.stat().st_mtime_ns for f in files] == stamps and len(again) == len(images)
     files[0].write_bytes(b"broken")
-    rebuilt = LandmarkCache.load_or_build(model, images, directory, log=calls.append)
+    rebuilt = FrozenMapCache.load_or_build(model, images, directory, log=calls.append)
     assert len(calls) == 1 and len(rebuilt) == len(images)

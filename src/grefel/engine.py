@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from grefel.distributed import DistInfo, all_reduce_sum, gather_objects
 from grefel.errors import GrefelError
-from grefel.landmark_cache import LandmarkCache
+from grefel.frozen_cache import FrozenMapCache
 from grefel.losses import GReFELLoss
 from grefel.metrics import classification_report, nll
 from grefel.optim import SAM
@@ -69,12 +69,12 @@ def train_one_epoch(model: nn.Module, criterion: GReFELLoss, optimizer: torch.op
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loader, *, device: torch.device,
                     step: int, total_steps: int, amp: Amp, ema: nn.Module | None = None,
                     grad_clip: float | None = None, info: DistInfo = DistInfo(),
-                    landmark_cache: LandmarkCache | None = None,
+                    frozen_cache: FrozenMapCache | None = None,
                     on_step: Callable[[int, dict[str, float]], None] | None = None) -> tuple[dict[str, float], int]:
     """One pass over `loader`. Returns the epoch's mean loss parts, accuracy and speed, and the next step.
 
     The trust ramp t = step / total_steps of the reliability head follows the global step.
-    With `landmark_cache`, the frozen landmark maps come from the cache, warped like each image.
+    With `frozen_cache`, the maps of the model's frozen parts come from the cache, warped like each image.
     """
     model.train()
     sums = torch.zeros(6, dtype=torch.float64)  # loss, cls, anchor, center, correct, samples
@@ -84,9 +84,9 @@ def train_one_epoch(model: nn.Module, criterion: GReFELLoss, optimizer: torch.op
         x, target, label = to_device(batch, device)
         trust = min(step / total_steps, 1.0)
         extra = {}
-        if landmark_cache is not None:
-            maps = landmark_cache.lookup(batch["index"], batch["geometry"])
-            extra["landmark_maps"] = [m.to(device, non_blocking=True) for m in maps]
+        if frozen_cache is not None:
+            maps = frozen_cache.lookup(batch["index"], batch["geometry"])
+            extra["frozen_maps"] = [m.to(device, non_blocking=True) for m in maps]
 
         def forward_backward() -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
             with amp.autocast():
@@ -153,7 +153,7 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, *, device: torch.device, amp: Amp, tta_flip: bool = False,
-            info: DistInfo = DistInfo(), landmark_cache: LandmarkCache | None = None) -> Predictions:
+            info: DistInfo = DistInfo(), frozen_cache: FrozenMapCache | None = None) -> Predictions:
     """Eval-mode outputs for every sample of `loader`'s dataset, gathered from all ranks.
 
     `tta_flip` averages each image with its mirror: logits for the primary
@@ -163,9 +163,9 @@ def predict(model: nn.Module, loader, *, device: torch.device, amp: Amp, tta_fli
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "label", "logits", "primary", "corrected")}
 
     def maps(batch, mirror: bool) -> dict[str, list[torch.Tensor]]:
-        if landmark_cache is None:
+        if frozen_cache is None:
             return {}
-        return {"landmark_maps": [m.to(device) for m in landmark_cache.lookup(batch["index"], mirror=mirror)]}
+        return {"frozen_maps": [m.to(device) for m in frozen_cache.lookup(batch["index"], mirror=mirror)]}
 
     for batch in loader:
         x, _, label = to_device(batch, device)
@@ -188,11 +188,11 @@ def predict(model: nn.Module, loader, *, device: torch.device, amp: Amp, tta_fli
 
 def evaluate(model: nn.Module, loader, class_names: list[str], *, device: torch.device, amp: Amp,
              serve: str = "primary", temperature: float = 1.0, tta_flip: bool = False,
-             info: DistInfo = DistInfo(), landmark_cache: LandmarkCache | None = None
+             info: DistInfo = DistInfo(), frozen_cache: FrozenMapCache | None = None
              ) -> tuple[dict[str, Any], Predictions]:
     """Metrics of the served prediction over the whole dataset, plus primary and corrected accuracy."""
     preds = predict(model, loader, device=device, amp=amp, tta_flip=tta_flip, info=info,
-                    landmark_cache=landmark_cache)
+                    frozen_cache=frozen_cache)
     report = metrics_report(preds, class_names, serve, temperature)
     return report, preds
 

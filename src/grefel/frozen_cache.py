@@ -1,19 +1,22 @@
-"""Frozen landmark maps computed once per training image and reused every epoch.
+"""The maps of a model's frozen parts, computed once per training image and reused every epoch.
 
-The landmark branch is frozen, so its maps are a pure function of the
-un-augmented image. At 112x112 it runs at about 90 images/s on two cores,
-which would cost five minutes of every FERPlus epoch. Instead the maps of each
-image and of its mirror are computed once (float16, memory-mapped, keyed by
-the images, the landmark weights and the model's sizes) and each training
-step resamples them through the same affine warp that augmented the image
-(`F.affine_grid` on the transform's normalised theta). Conv features are only
-approximately equivariant to sub-pixel shifts, scaling and rotation: on FERPlus
-valid with the default augmentation, the warped maps reach a mean cosine
+The frozen landmark network (and the frozen early stages of a face-pretrained
+image branch, grefel.models.face_branch) are pure functions of the
+un-augmented image. At 112x112 the landmark network runs at about 90 images/s
+on two cores, which would cost five minutes of every FERPlus epoch. Instead
+the maps a model's `frozen_maps(x)` returns, of each image and of its mirror,
+are computed once (float16, memory-mapped, keyed by the images, the frozen
+weights and the model's sizes) and each training step resamples them through
+the same affine warp that augmented the image (`F.affine_grid` on the
+transform's normalised theta). Conv features are only approximately
+equivariant to sub-pixel shifts, scaling and rotation: on FERPlus valid with
+the default augmentation, the warped landmark maps reach a mean cosine
 similarity of 0.80 / 0.80 / 0.95 (fine to coarse, at the network's 28/14/7
 resolution) to the maps of the warped image, against 0.37 / 0.54 / 0.90
 unwarped; at grefel_small's 12/6/3 windows, 0.74 / 0.71 / 0.93 against
-0.33 / 0.47 / 0.86 (tests/test_landmark_cache.py). Validation uses unwarped
-cached maps, which equal the online ones up to float16 rounding.
+0.33 / 0.47 / 0.86 (tests/test_frozen_cache.py). Photometric augmentations
+(brightness, contrast, erasing) do not reach cached maps. Validation uses
+unwarped cached maps, which equal the online ones up to float16 rounding.
 """
 
 from __future__ import annotations
@@ -32,33 +35,43 @@ from grefel.data.transforms import eval_transform
 from grefel.fileio import atomic_open
 
 
+# The config fields that change what frozen_maps computes (absent ones read as None).
+SIZE_FIELDS = ("input_size", "in_chans", "landmark_size", "branch_size", "landmark_branch", "image_backbone",
+               "face_size", "face_frozen_stages")
+
+
 def _fingerprint(model: nn.Module, images: np.ndarray) -> str:
     cfg = model.config
-    h = hashlib.sha256(b"grefel-landmark-cache-v1")
+    h = hashlib.sha256(b"grefel-frozen-cache-v1")
     h.update(np.ascontiguousarray(images).data)
-    for key, value in sorted(model.landmarks.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.detach().cpu().contiguous().numpy().tobytes())
-    h.update(repr((images.shape, cfg.input_size, cfg.in_chans, cfg.landmark_size, cfg.branch_size)).encode())
+    for i, module in enumerate(model.frozen_modules()):
+        for key, value in sorted(module.state_dict().items()):
+            h.update(f"{i}.{key}".encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr((images.shape, model.preset) + tuple(getattr(cfg, f, None) for f in SIZE_FIELDS)).encode())
     return h.hexdigest()[:24]
 
 
-class LandmarkCache:
+class FrozenMapCache:
     def __init__(self, maps: list[np.ndarray]):
-        self.maps = maps  # per scale (N, 2, C, W, W) float16; [:, 1] holds the mirrored image's maps
+        self.maps = maps  # per map (N, 2, C, W, W) float16; [:, 1] holds the mirrored image's maps
 
     @classmethod
     def load_or_build(cls, model: nn.Module, images: np.ndarray, cache_dir: str | os.PathLike | None = None,
-                      batch_size: int = 128, log=print) -> "LandmarkCache":
+                      batch_size: int = 128, log=print) -> "FrozenMapCache":
         directory = Path(cache_dir) if cache_dir else default_cache_dir()
         key = _fingerprint(model, images)
-        paths = [directory / f"landmarks-{key}-{i}.npy" for i in range(3)]
+        with torch.no_grad():
+            probe = torch.zeros(1, model.config.in_chans, *(model.config.input_size,) * 2,
+                                device=next(model.parameters()).device)
+            count = len(model.frozen_maps(probe))
+        paths = [directory / f"frozen-{key}-{i}.npy" for i in range(count)]
         if all(p.is_file() for p in paths):
             try:
                 return cls([np.load(p, mmap_mode="r") for p in paths])
             except (OSError, ValueError):
                 pass  # corrupt or partial: rebuild below
-        log(f"computing landmark maps for {len(images)} images and their mirrors (once; cached in {directory})")
+        log(f"computing the frozen maps of {len(images)} images and their mirrors (once; cached in {directory})")
         return cls(cls._build(model, images, paths, batch_size))
 
     @staticmethod
@@ -67,10 +80,10 @@ class LandmarkCache:
         cfg = model.config
         transform = eval_transform(cfg.input_size, cfg.in_chans)
         device = next(model.parameters()).device
-        chunks: list[list[np.ndarray]] = [[], [], []]
+        chunks: list[list[np.ndarray]] = [[] for _ in paths]
         for start in range(0, len(images), batch_size):
             x = torch.stack([transform(im) for im in images[start:start + batch_size]]).to(device)
-            for i, (plain, mirror) in enumerate(zip(model.landmark_maps(x), model.landmark_maps(x.flip(-1)))):
+            for i, (plain, mirror) in enumerate(zip(model.frozen_maps(x), model.frozen_maps(x.flip(-1)))):
                 chunks[i].append(torch.stack([plain, mirror], 1).half().cpu().numpy())  # (b, 2, C, W, W)
         maps = []
         for path, parts in zip(paths, chunks):

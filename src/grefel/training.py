@@ -74,7 +74,7 @@ class TrainConfig:
     select_metric: str = "accuracy"      # validation metric that picks best.safetensors
     tta_flip: bool = False               # validation with horizontal-flip test-time augmentation
     channels_last: bool = True
-    landmark_cache: bool = False         # compute the frozen landmark maps once and warp them per step
+    frozen_cache: bool = False           # compute the frozen parts' maps once and warp them per step
     threads: int | None = None           # torch intra-op threads (default: torch's choice)
     wandb: str = "auto"                  # auto | online | offline | off
     wandb_project: str = "grefel"
@@ -326,17 +326,17 @@ def check_classes_fit(name: str, ds, num_classes: int) -> None:
                           f"but the model has {num_classes} classes ({', '.join(CANONICAL_CLASSES[:num_classes])})")
 
 
-def build_landmark_caches(model, datasets: dict[str, Any], cache_dir: str | None, info) -> dict[str, Any]:
-    """Frozen landmark maps of every image, computed once; under torchrun rank 0 computes and the
+def build_frozen_caches(model, datasets: dict[str, Any], cache_dir: str | None, info) -> dict[str, Any]:
+    """Frozen maps of every image, computed once; under torchrun rank 0 computes and the
     other ranks wait for the files, then map them."""
     import torch
 
-    from grefel.landmark_cache import LandmarkCache
+    from grefel.frozen_cache import FrozenMapCache
 
     caches: dict[str, Any] = {}
     for turn in ((True,) if not info.enabled else (info.is_main, not info.is_main)):
         if turn:
-            caches = {name: LandmarkCache.load_or_build(model, ds.images, cache_dir,
+            caches = {name: FrozenMapCache.load_or_build(model, ds.images, cache_dir,
                                                         log=print if info.is_main else (lambda *_: None))
                       for name, ds in datasets.items()}
         if info.enabled:
@@ -453,13 +453,13 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
             model = model.to(memory_format=torch.channels_last)
         model.to(device)
         train_ds.transform = train_transform(mcfg.input_size, mcfg.in_chans, cfg.augment,
-                                             with_geometry=cfg.landmark_cache)
+                                             with_geometry=cfg.frozen_cache)
         val_ds.transform = eval_transform(mcfg.input_size, mcfg.in_chans)
         caches = {"train": None, "val": None}
-        if cfg.landmark_cache:
-            if not hasattr(model, "landmark_maps"):
-                raise ConfigError(f"landmark_cache: preset {cfg.model} cannot take precomputed landmark maps")
-            caches = build_landmark_caches(model, {"train": train_ds, "val": val_ds}, dcfg.source.cache_dir, info)
+        if cfg.frozen_cache:
+            if not hasattr(model, "frozen_maps"):
+                raise ConfigError(f"frozen_cache: preset {cfg.model} has no frozen parts to precompute")
+            caches = build_frozen_caches(model, {"train": train_ds, "val": val_ds}, dcfg.source.cache_dir, info)
 
         sampler = EpochSampler(len(train_ds), cfg.seed, info,
                                class_balanced_weights(train_ds.labels) if dcfg.balanced_sampling else None)
@@ -517,12 +517,12 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
             stats, step = train_one_epoch(net, criterion, optimizer, scheduler, train_loader, device=device,
                                           step=step, total_steps=total_steps, amp=amp, ema=ema,
                                           grad_clip=cfg.optim.grad_clip, info=info,
-                                          landmark_cache=caches["train"], on_step=(lambda s, v: progress.update(v)) if progress else None)
+                                          frozen_cache=caches["train"], on_step=(lambda s, v: progress.update(v)) if progress else None)
             if progress:
                 progress.close()
             scored = ema.module if ema is not None else net
             report, preds = evaluate(scored, val_loader, class_names, device=device, amp=amp, serve=cfg.serve,
-                                     tta_flip=cfg.tta_flip, info=info, landmark_cache=caches["val"])
+                                     tta_flip=cfg.tta_flip, info=info, frozen_cache=caches["val"])
             metric = report[cfg.select_metric]
             improved = best is None or metric > best["value"]
             if improved:

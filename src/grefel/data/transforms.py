@@ -205,8 +205,8 @@ def train_transform(size: int, in_chans: int, aug: AugmentConfig,
                     with_geometry: bool = False) -> TrainTransform | AlbumentationsTrainTransform:
     if aug.backend == "albumentations":
         if with_geometry:
-            raise ConfigError("augment.backend = albumentations does not report the warp that landmark_cache "
-                              "needs; use the fused backend or landmark_cache: false")
+            raise ConfigError("augment.backend = albumentations does not report the warp that frozen_cache "
+                              "needs; use the fused backend or frozen_cache: false")
         return AlbumentationsTrainTransform(size, in_chans, aug)
     return TrainTransform(size, in_chans, aug, with_geometry)
 
