@@ -223,7 +223,7 @@ def build_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
 
     tensors, info = read_model_checkpoint(path)
     try:
-        model = create_model(info["preset"], landmark_weights=None, **info["model"])
+        model = create_model(info["preset"], landmark_weights=None, face_weights=None, **info["model"])
     except ConfigError as exc:  # e.g. sizes the layers cannot take
         raise ConfigError(f"{checkpoint_paths(path).with_suffix('.json')}: {exc}") from None
     load_strict(model, tensors, checkpoint_paths(path).with_suffix(".safetensors"))

@@ -1,6 +1,7 @@
 """Model presets. Importing this package registers them."""
 
 from grefel.models.cnn import PlainCNN, PlainCNNConfig
+from grefel.models.face_baseline import FaceBaseline, FaceBaselineConfig
 from grefel.models.grefel import GReFEL, GReFELConfig
 from grefel.models.grefel_vit import GReFELViT, GReFELViTConfig
 from grefel.models.registry import (ModelSpec, create_model, list_models, load_landmark_weights, model_config,
@@ -34,6 +35,20 @@ register_model(ModelSpec(
     "CPU-trainable GReFEL with the VGG image branch of cnn_baseline (48 px), landmarks at 112, D=192",
 ))
 register_model(ModelSpec(
+    "grefel_face", GReFEL, GReFELConfig,
+    # GReFEL with a face-pretrained image branch, as the paper's IR-50: dlib's face-recognition ResNet (trained
+    # on ~3 M faces) at 150 px, stem and stages 32/64 frozen (cached per image), stages 128 and 256 fine-tuned;
+    # its 64x17x17, 128x8x8 and 256x4x4 maps meet the landmark maps in windows of 16/8/4 (branch_size 64).
+    dict(input_size=48, branch_size=64, landmark_size=112, image_backbone="dlib", face_size=150,
+         face_frozen_stages=2, cross_heads=(2, 4, 8), embed_dim=192, num_heads=4, layer_scale=0.1,
+         landmark_tokens=True, dropout=0.2),
+    "GReFEL with dlib's face-recognition ResNet as its image branch (150 px, stages 128/256 fine-tuned), D=192",
+))
+register_model(ModelSpec(
+    "face_baseline", FaceBaseline, FaceBaselineConfig, {},
+    "dlib's face-recognition ResNet (stages 128/256 fine-tuned) + 2x2 pooling + linear: grefel_face's plain baseline",
+))
+register_model(ModelSpec(
     "grefel_vit", GReFELViT, GReFELViTConfig, {},
     "classic GReFEL scripts: ViT-Base/16 image backbone queried by the landmark maps",
 ))
@@ -42,6 +57,6 @@ register_model(ModelSpec(
     "plain VGG-style CNN baseline (no landmarks, no reliability head), for comparison",
 ))
 
-__all__ = ["GReFEL", "GReFELConfig", "GReFELViT", "GReFELViTConfig", "GReFELOutput", "ModelSpec", "PlainCNN", "PlainCNNConfig",
+__all__ = ["FaceBaseline", "FaceBaselineConfig", "GReFEL", "GReFELConfig", "GReFELViT", "GReFELViTConfig", "GReFELOutput", "ModelSpec", "PlainCNN", "PlainCNNConfig",
            "ReliabilityHead", "create_model", "kappa", "list_models", "load_landmark_weights",
            "model_config", "model_spec", "register_model"]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grefel.models.cross_attention import CrossAttentionBlock
+from grefel.models.face_branch import FrozenFaceStages, face_branch
 from grefel.models.ir import IRBackbone
 from grefel.models.layers import Block, SqueezeExcitation, init_transformer_weights
 from grefel.models.mobilefacenet import MobileFaceNet
@@ -32,16 +33,21 @@ class GReFELConfig:
                                       # are resampled to the image maps when the two differ
     mean: float = 0.5                 # image-branch normalisation, done inside the model
     std: float = 0.5
-    image_backbone: str = "ir"        # "ir" (POSTER++'s IR stages 1-3, the ir_* sizes) or "vgg" (vgg_widths)
+    image_backbone: str = "ir"        # "ir" (POSTER++'s IR stages 1-3, the ir_* sizes), "vgg" (vgg_widths) or
+                                      # "dlib" (dlib's face-recognition ResNet, face-pretrained; grefel.models.face_branch)
     ir_stem: int = 64
     ir_widths: tuple[int, int, int] = (64, 128, 256)
     ir_units: tuple[int, int, int] = (3, 4, 14)
     vgg_widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    face_size: int = 150              # "dlib": its input size (what dlib was trained on)
+    face_frozen_stages: int = 2       # "dlib": stem and stages 32 and 64 frozen (cached); stages 128 and 256 fine-tuned
     cross_heads: tuple[int, int, int] = (2, 4, 8)
     cross_mlp_ratio: float = 4.0
     cross_drop_path: tuple[float, float, float] = (0.0, 0.125, 0.25)
     layer_scale: float = 1e-5
     landmark_tokens: bool = False     # also give the fusion ViT the landmark maps themselves as tokens (see GReFEL)
+    landmark_branch: bool = True      # False (ablation): no geometry; the image maps query themselves
+    reliability: bool = True          # False (ablation): the primary head alone, no anchors or corrections
     embed_dim: int = 768
     depth: int = 2
     num_heads: int = 8
@@ -123,22 +129,27 @@ class InputSpec(nn.Module):
 
 class GReFELBase(nn.Module):
     """What every GReFEL preset shares after its feature extractor: the squeeze-excitation gate giving
-    the embedding e, the primary MLP head and the reliability head. Subclasses set `self.se`, `self.head`
-    and `self.reliability` through `build_heads` and define `forward_features(x, ...) -> e`."""
+    the embedding e, the primary MLP head and the reliability head (None when `cfg.reliability` is off,
+    an ablation: the primary prediction is then also the corrected one). Subclasses call `build_heads`
+    and define `forward_features(x, ...) -> e`."""
 
     def build_heads(self, dim: int, cfg) -> None:
         self.se = SqueezeExcitation(dim)
         self.head = primary_head(dim, cfg.num_classes, cfg.dropout)
         self.reliability = ReliabilityHead(dim, cfg.num_classes, cfg.num_anchors, cfg.tau, cfg.delta,
-                                           cfg.attention_heads)
+                                           cfg.attention_heads) if getattr(cfg, "reliability", True) else None
 
     def forward(self, x: torch.Tensor, trust: float = 1.0, **features) -> GReFELOutput:
         e = self.forward_features(x, **features)
-        return self.reliability(e, self.head(e), trust)
+        logits = self.head(e)
+        if self.reliability is None:
+            p = F.softmax(logits / self.config.tau, -1)
+            return GReFELOutput(logits=logits, primary=p, corrected=p, embedding=e)
+        return self.reliability(e, logits, trust)
 
     def feature_extractor_parameters(self) -> int:
         """Parameters of everything before the heads (what POSTER++'s 43.7 M counts)."""
-        heads = {id(p) for m in (self.head, self.reliability) for p in m.parameters()}
+        heads = {id(p) for m in (self.head, self.reliability) if m is not None for p in m.parameters()}
         return sum(p.numel() for p in self.parameters() if id(p) not in heads)
 
 
@@ -151,7 +162,8 @@ class GReFEL(GReFELBase):
             raise ValueError(f"branch_size must be a multiple of 16, got {cfg.branch_size}")
         D = cfg.embed_dim
         self.input_spec = InputSpec(preset, cfg.in_chans, cfg.input_size, cfg.mean, cfg.std)
-        self.landmarks = FrozenLandmarks()
+        self.landmarks = FrozenLandmarks() if cfg.landmark_branch else None
+        self.face: FrozenFaceStages | None = None
         if cfg.image_backbone == "ir":
             widths = tuple(cfg.ir_widths)
             self.image_backbone: nn.Module = IRBackbone(cfg.in_chans, cfg.ir_stem, widths, cfg.ir_units)
@@ -161,15 +173,22 @@ class GReFEL(GReFELBase):
             widths = tuple(cfg.vgg_widths[1:])
             self.image_backbone = VGGBackbone(cfg.in_chans, cfg.vgg_widths)      # maps already at 4/8/16
             self.image_downsample = nn.ModuleList(nn.Identity() for _ in widths)
+        elif cfg.image_backbone == "dlib":
+            # The last frozen dlib map and the maps of the two fine-tuned stages after it (64x17x17, 128x8x8,
+            # 256x4x4 at 150 px), resampled to the windows; the frozen part lives outside `image_backbone`
+            # so `optim.image_lr_scale` and the parameter count see the trainable stages only.
+            self.face, self.image_backbone = face_branch(cfg.face_frozen_stages, trainable_stages=2)
+            widths = self.image_backbone.widths
+            self.image_downsample = nn.ModuleList(nn.Identity() for _ in widths)
         else:
-            raise ValueError(f"image_backbone must be 'ir' or 'vgg', got {cfg.image_backbone!r}")
+            raise ValueError(f"image_backbone must be 'ir', 'vgg' or 'dlib', got {cfg.image_backbone!r}")
         # The 512-channel deepest landmark map gets the paper's trainable 3x3 conv; shallower maps
         # need a 1x1 projection only when a light preset narrows the image widths.
         self.landmark_proj = nn.ModuleList([
             nn.Identity() if LANDMARK_CHANNELS[0] == widths[0] else nn.Conv2d(LANDMARK_CHANNELS[0], widths[0], 1),
             nn.Identity() if LANDMARK_CHANNELS[1] == widths[1] else nn.Conv2d(LANDMARK_CHANNELS[1], widths[1], 1),
             nn.Conv2d(LANDMARK_CHANNELS[2], widths[2], 3, 1, 1),
-        ])
+        ]) if cfg.landmark_branch else None
         self.cross_blocks = nn.ModuleList(
             CrossAttentionBlock(w, h, win, cfg.cross_mlp_ratio, dp, cfg.layer_scale)
             for w, h, win, dp in zip(widths, cfg.cross_heads, cfg.windows, cfg.cross_drop_path))
@@ -183,9 +202,9 @@ class GReFEL(GReFELBase):
         # residual stream is the image's), so their pretrained content reaches the classifier only through
         # attention weights. That suits an image branch pretrained on faces; ours trains from scratch, so
         # `landmark_tokens` adds the landmark maps, pooled to the token grid, as tokens of their own.
-        self.landmark_tokens = nn.ModuleList(nn.Conv2d(c, D, 1) for c in LANDMARK_CHANNELS) \
-            if cfg.landmark_tokens else None
-        if cfg.landmark_tokens:
+        use_tokens = cfg.landmark_tokens and cfg.landmark_branch
+        self.landmark_tokens = nn.ModuleList(nn.Conv2d(c, D, 1) for c in LANDMARK_CHANNELS) if use_tokens else None
+        if use_tokens:
             num_tokens *= 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens + 1, D))
@@ -198,37 +217,52 @@ class GReFEL(GReFELBase):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         init_transformer_weights(self.blocks)
 
-    def landmark_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The frozen landmark maps at the window sizes: 64xW1xW1, 128xW2xW2, 512xW3xW3.
+    def frozen_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs of the frozen parts: the landmark maps at the window sizes (64xW1xW1, 128xW2xW2,
+        512xW3xW3) and, with the dlib branch, its last frozen map.
 
         A pure function of the (un-augmented) input, so training may compute it once per
-        image and reuse it across epochs (grefel.landmark_cache).
+        image and reuse it across epochs (grefel.frozen_cache).
         """
         self.input_spec.check(x)
-        return self._landmark_maps(x)
+        return self._frozen_maps(x)
 
-    def _landmark_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        cfg = self.config
-        xl = self.input_spec.resize(x, cfg.landmark_size or cfg.branch_size)
-        lm = self.landmarks(self.input_spec.landmark_input(xl))                 # 64x28x28, 128x14x14, 512x7x7
-        return [resample(f, w) for f, w in zip(lm, cfg.windows)]
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for m in (self.landmarks, self.face) if m is not None]
 
-    def forward_features(self, x: torch.Tensor, landmark_maps: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def _frozen_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        cfg, maps = self.config, []
+        if self.landmarks is not None:
+            xl = self.input_spec.resize(x, cfg.landmark_size or cfg.branch_size)
+            lm = self.landmarks(self.input_spec.landmark_input(xl))             # 64x28x28, 128x14x14, 512x7x7
+            maps += [resample(f, w) for f, w in zip(lm, cfg.windows)]
+        if self.face is not None:
+            maps.append(self.face(self.input_spec.landmark_input(self.input_spec.resize(x, cfg.face_size))))
+        return maps
+
+    def forward_features(self, x: torch.Tensor, frozen_maps: list[torch.Tensor] | None = None) -> torch.Tensor:
         """(B, in_chans, S, S) in [0, 1] -> embedding e (B, D).
 
-        `landmark_maps`, when given, replace the frozen branch's output (precomputed, see landmark_cache).
+        `frozen_maps`, when given, replace the frozen parts' output (precomputed, see frozen_cache).
         """
         self.input_spec.check(x)
-        lm = self._landmark_maps(x) if landmark_maps is None else landmark_maps
-        x = self.input_spec.resize(x, self.config.branch_size)                  # (B, c, 112, 112)
-        img = self.image_backbone(self.input_spec.image_input(x))               # IR: 64x56x56, 128x28x28, 256x14x14
+        cfg = self.config
+        frozen = self._frozen_maps(x) if frozen_maps is None else frozen_maps
+        lm = frozen[:3] if self.landmarks is not None else None
+        if self.face is not None:
+            img = [resample(f, w) for f, w in zip(self.image_backbone(frozen[-1]), cfg.windows)]  # 64x16x16, ...
+        else:
+            xi = self.input_spec.resize(x, cfg.branch_size)                     # (B, c, 112, 112)
+            img = self.image_backbone(self.input_spec.image_input(xi))          # IR: 64x56x56, 128x28x28, 256x14x14
         tokens = []
-        for down, proj, cross, embed, fi, fl in zip(self.image_downsample, self.landmark_proj,
-                                                    self.cross_blocks, self.to_tokens, img, lm):
-            y = cross(down(fi), proj(fl))                                       # (B, W, W, C)
+        for i, (down, cross, embed, fi) in enumerate(zip(self.image_downsample, self.cross_blocks, self.to_tokens, img)):
+            fi = down(fi)
+            # Without the landmark branch (ablation) the image maps query themselves: same blocks, no geometry.
+            query = self.landmark_proj[i](lm[i]) if lm is not None else fi
+            y = cross(fi, query)                                                # (B, W, W, C)
             tokens.append(embed(y.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2))  # (B, 49, D)
         if self.landmark_tokens is not None:
-            grid = self.config.windows[2]
+            grid = cfg.windows[2]
             tokens += [conv(resample(fl, grid)).flatten(2).transpose(1, 2)          # (B, 49, D)
                        for conv, fl in zip(self.landmark_tokens, lm)]
         t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1)] + tokens, 1) + self.pos_embed  # (B, 148, D)
