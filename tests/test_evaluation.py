@@ -70,6 +70,11 @@ def test_evaluate_report_json_and_plots(checkpoint, tmp_path):
     assert np.array(report["confusion_matrix"]).sum() == 3191
     for name in ("confusion_matrix.png", "reliability_diagram.png"):
         assert cv2.imread(str(tmp_path / "plots" / name)) is not None
+    # FERPlus has ten annotators per face: the model against them, and one annotator against the others.
+    people = report["agreement_with_people"]
+    assert people["faces_with_votes"] == 3191 and people["human_ceiling"] == pytest.approx(0.8031, abs=1e-4)
+    assert people["top2_accuracy"] >= report["accuracy"] and 0 < people["annotator_agreement"] < 1
+    assert "human ceiling" in proc.stdout
 
 
 def test_seven_class_dataset_is_scored_on_the_shared_classes(checkpoint, seven_class_folder, tmp_path):

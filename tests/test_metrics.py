@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import cv2
@@ -187,3 +188,29 @@ def test_bad_inputs_raise_one_line_errors() -> None:
         M.plot_confusion_matrix(np.eye(2, dtype=int), ["a", "b", "c"], "unused.png")
     with pytest.raises(DataError, match="no class has samples"):
         M.mean_class_accuracy(np.zeros((3, 3), dtype=int))
+
+
+def test_vote_agreement_by_hand():
+    # Face 1: all ten agree. Face 2: split 5/5, so no annotator matches the plurality of the other nine.
+    # Face 3: six neutral, two unknown, two not-a-face: only the six neutral votes match the others.
+    votes = np.array([[10, 0, 0, 0, 0, 0, 0, 0, 0, 0], [5, 5, 0, 0, 0, 0, 0, 0, 0, 0], [6, 0, 0, 0, 0, 0, 0, 0, 2, 2]])
+    probs = np.array([[0.9, 0.1] + [0] * 6, [0.1, 0.9] + [0] * 6, [0.2, 0.1, 0.7] + [0] * 5])
+    got = M.vote_agreement(probs, votes)
+    assert got["human_ceiling"] == pytest.approx((10 + 0 + 6) / 30)
+    assert got["annotator_agreement"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)   # share choosing the model's class
+    assert got["top2_accuracy"] == 1.0                                       # neutral is second on face 3
+    kl = [math.log(1 / 0.9), 0.5 * math.log(0.5 / 0.1) + 0.5 * math.log(0.5 / 0.9), math.log(1 / 0.2)]
+    assert got["kl_from_votes"] == pytest.approx(np.mean(kl), rel=1e-6)
+    assert got["faces_with_votes"] == 3
+
+
+def test_vote_agreement_ties_share_the_credit_and_shapes_are_checked():
+    # Two votes each for neutral and happiness, one for surprise: leaving a surprise vote out gives a tie.
+    got = M.vote_agreement(np.full((1, 8), 1 / 8), np.array([[2, 2, 1, 0, 0, 0, 0, 0, 0, 0]]))
+    # neutral voter: others 1/2/1 -> happiness wins alone: 0; likewise happiness: 0; surprise: tie of 2 -> 0
+    assert got["human_ceiling"] == 0.0
+    got = M.vote_agreement(np.full((1, 8), 1 / 8), np.array([[3, 2, 0, 0, 0, 0, 0, 0, 0, 0]]))
+    # neutral voters (3): others 2/2 tie between neutral and happiness -> 1/2 each; happiness voters (2): 0
+    assert got["human_ceiling"] == pytest.approx(3 * 0.5 / 5)
+    with pytest.raises(DataError, match="votes"):
+        M.vote_agreement(np.full((2, 8), 1 / 8), np.zeros((3, 10)))

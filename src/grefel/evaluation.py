@@ -75,7 +75,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from grefel.engine import Predictions, metrics_report
     from grefel.fileio import atomic_write_json
     from grefel.labels import CANONICAL_CLASSES
-    from grefel.metrics import plot_confusion_matrix, plot_reliability_diagram
+    from grefel.metrics import plot_confusion_matrix, plot_reliability_diagram, vote_agreement
 
     path, info, ds, preds, shared = _predict(args)
     serve = args.serve or info["serve"]
@@ -92,6 +92,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report = metrics_report(preds, names, serve, float(info["temperature"]))
     report.update(checkpoint=str(path), split=args.split, label_mode=args.label_mode, tta_flip=args.tta_flip,
                   evaluated_classes=names)
+    if ds.votes is not None and note is None:
+        import torch
+        probs = torch.softmax(torch.from_numpy(preds.served_logits(serve)).double() / report["temperature"], -1)
+        report["agreement_with_people"] = vote_agreement(probs.numpy(), ds.votes[preds.index])
     if note:
         report["note"] = note
     print(format_report(report))
@@ -134,6 +138,15 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "  confusion matrix (rows true, columns predicted):",
               "  " + " " * 10 + "".join(f"{n[:6]:>7}" for n in names)]
     lines += [f"  {n:<10}" + "".join(f"{v:>7}" for v in row) for n, row in zip(names, cm)]
+    if "agreement_with_people" in report:
+        a = report["agreement_with_people"]
+        lines += ["", f"  against the {a['faces_with_votes']} faces' annotator votes:",
+                  f"  KL(votes || model)   {a['kl_from_votes']:.4f} nats",
+                  f"  top-2 accuracy       {a['top2_accuracy']:.4f}",
+                  f"  annotator agreement  {a['annotator_agreement']:.4f}  (share of annotators who chose the "
+                  f"model's class)",
+                  f"  human ceiling        {a['human_ceiling']:.4f}  (one annotator against the plurality of the "
+                  f"others on the face)"]
     if report.get("note"):
         lines += ["", f"  note: {report['note']}"]
     return "\n".join(lines)

@@ -299,6 +299,45 @@ def classification_report(probs: Any, y_true: Any, class_names: Sequence[str],
     return {prefix + key: value for key, value in report.items()}
 
 
+def vote_agreement(probs: Any, votes: Any) -> dict[str, float]:
+    """How a model's probabilities compare with people, from FERPlus's per-face annotator counts.
+
+    `votes` is (N, >= C) raw counts, the first C columns the model's classes in the same order (FERPlus
+    adds unknown and not-a-face after the 8 emotions). Returns
+    - `kl_from_votes`: mean KL(vote distribution over the C emotions || model), in nats;
+    - `top2_accuracy`: the plurality emotion is among the model's two most probable classes;
+    - `annotator_agreement`: the mean share of a face's annotators who chose the model's top class
+      (the chance that one random annotator agrees with the model);
+    - `human_ceiling`: the same share for the annotators themselves: each vote matched against the
+      plurality of the other votes on its face (a tie among k classes counts 1/k), averaged over all
+      votes. A model that agrees with the majority this often is as consistent as one annotator.
+    Faces without emotion votes are skipped.
+    """
+    p = _probs(probs)
+    counts = _as_numpy(votes).astype(np.float64)
+    n, c = p.shape
+    if counts.ndim != 2 or len(counts) != n or counts.shape[1] < c:
+        raise DataError(f"votes: expected ({n}, >= {c}) counts, got {counts.shape}")
+    emotions = counts[:, :c]
+    keep = emotions.sum(1) > 0
+    p, counts, emotions = p[keep], counts[keep], emotions[keep]
+    target = emotions / emotions.sum(1, keepdims=True)                               # (N, C)
+    q = np.clip(p, 1e-12, None)
+    kl = np.where(target > 0, target * np.log(np.clip(target, 1e-12, None) / q), 0.0).sum(1)
+    top2 = np.argsort(-p, axis=1, kind="stable")[:, :2]
+    plurality = emotions.argmax(1)
+    agreement = emotions[np.arange(len(p)), p.argmax(1)] / counts.sum(1)
+    hits, total = 0.0, counts.sum()
+    for j in range(counts.shape[1]):                                               # leave one vote of column j out
+        others = counts - np.eye(counts.shape[1])[j]                               # (N, V)
+        best = others.max(1, keepdims=True)
+        tied = (others == best).sum(1)
+        hits += (counts[:, j] * (others[:, j] == best[:, 0]) / tied).sum()
+    return {"kl_from_votes": float(kl.mean()), "top2_accuracy": float((top2 == plurality[:, None]).any(1).mean()),
+            "annotator_agreement": float(agreement.mean()), "human_ceiling": float(hits / total),
+            "faces_with_votes": int(keep.sum())}
+
+
 def restrict_to_classes(probs: Any, class_indices: Sequence[int]) -> np.ndarray:
     """Keep the listed columns, in the listed order, and renormalise each row to sum to 1.
 

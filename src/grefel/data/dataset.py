@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from grefel.labels import NUM_CLASSES
-from grefel.data.votes import MULTI_TARGET_EPSILON
+from grefel.data.votes import MULTI_TARGET_EPSILON, NUM_VOTE_COLUMNS
 
 
 @dataclass
@@ -46,7 +46,8 @@ class FERDataset(Dataset):
     def __init__(self, images: np.ndarray, targets: np.ndarray, ids: Sequence[str],
                  class_names: Sequence[str], label_mode: str = "majority",
                  dropped: dict[str, int] | None = None,
-                 transform: Callable[[np.ndarray], torch.Tensor] | None = None, seed: int = 0) -> None:
+                 transform: Callable[[np.ndarray], torch.Tensor] | None = None, seed: int = 0,
+                 votes: np.ndarray | None = None) -> None:
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
             raise ValueError(f"images must be uint8 (N, H, W[, 3]), got {images.dtype} {images.shape}")
         if targets.shape != (len(images), NUM_CLASSES) or len(ids) != len(images):
@@ -58,6 +59,9 @@ class FERDataset(Dataset):
         self.class_names = tuple(class_names)
         self.label_mode = label_mode
         self.dropped = dict(dropped or {})
+        if votes is not None and votes.shape != (len(images), NUM_VOTE_COLUMNS):
+            raise ValueError(f"{len(images)} images but votes {votes.shape}")
+        self.votes = votes  # FERPlus: (N, 10) raw annotator counts (8 emotions, unknown, NF); else None
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -102,7 +106,8 @@ class FERDataset(Dataset):
         idx = np.asarray(indices)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64)
         sub = FERDataset(self.images[idx], self.targets[idx], [self.ids[j] for j in idx],
-                         self.class_names, self.label_mode, self.dropped, self.transform, self.seed)
+                         self.class_names, self.label_mode, self.dropped, self.transform, self.seed,
+                         None if self.votes is None else self.votes[idx])
         sub.epoch = self.epoch
         return sub
 

@@ -74,7 +74,8 @@ def load_dataset(source: DataSource, split: str, label_mode: str = "majority") -
         raise DataError(f"{raw.origin}: split {split!r} has no samples after filtering "
                         f"(label mode {label_mode}, dropped {dropped or 'none'})")
     images = to_color(raw.images[keep], color, stack=True)  # (K, H, W) or (K, H, W, 3)
-    return FERDataset(images, targets, [raw.ids[k] for k in keep], raw.class_names, label_mode, dropped)
+    return FERDataset(images, targets, [raw.ids[k] for k in keep], raw.class_names, label_mode, dropped,
+                      votes=None if raw.votes is None else raw.votes[keep])
 
 
 def add_source_arguments(parser: argparse.ArgumentParser, *, split_default: str | None = "valid") -> None:
