@@ -16,7 +16,6 @@ reference, not a candidate).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -93,7 +92,7 @@ def read_layer(r: DlibReader) -> dict:
     if name.startswith("con_"):
         params = r.tensor().reshape(-1)
         num_filters, nr, nc, sy, sx, py, px = (r.int() for _ in range(7))
-        filters, biases = r.alias_tensor(), r.alias_tensor()
+        filters, _ = r.alias_tensor(), r.alias_tensor()   # filters shape; biases follow them
         for _ in range(4):
             r.float()                       # learning-rate and weight-decay multipliers
         if name in ("con_5", "con_6"):
