@@ -26,13 +26,14 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from grefel.checkpoint import build_from_checkpoint, shipped_checkpoint
 from grefel.data import DataSource, load_dataset
 from grefel.fileio import atomic_write_json, load_state_dict
 from grefel.metrics import accuracy, confusion_matrix, mean_class_accuracy
+from grefel.models import build_from_checkpoint
 from grefel.models.dlib_resnet import STAGE_NAMES, DlibResNet
 from grefel.models.mobilefacenet import MobileFaceNet
-from grefel.models.registry import load_dlib_resnet, shipped_landmark_weights
+from grefel.models.model_file import shipped_checkpoint
+from grefel.models.pretrained import LANDMARK_WEIGHTS, load_dlib_resnet, shipped_weights
 
 
 def images_to_tensor(images: np.ndarray, size: int, pad: float = 0.0) -> torch.Tensor:
@@ -73,7 +74,7 @@ def dlib_features(net: DlibResNet, images: np.ndarray, size: int, pad: float) ->
 
 def landmark_features(images: np.ndarray) -> dict[str, np.ndarray]:
     net = MobileFaceNet().eval()
-    net.load_state_dict(load_state_dict(shipped_landmark_weights()))
+    net.load_state_dict(load_state_dict(shipped_weights(LANDMARK_WEIGHTS)))
 
     def fn(x):
         f = net.features(x)[-1]                                             # conv_6_sep: (B, 512, 7, 7)

@@ -1,4 +1,4 @@
-"""Derive grefel.inference.faces.ALIGN_TEMPLATE from FERPlus crops.
+"""Derive grefel.alignment.ALIGN_TEMPLATE from FERPlus crops.
 
 Aligned inference crops must look like the training crops, so the template is
 where the five YuNet points sit in FERPlus faces, not a guess: the frozen

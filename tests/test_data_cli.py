@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from grefel.cli import main
+from grefel.commands import main
 from grefel.data import DataSource, load_dataset
 
 GOOD = " ".join(["9"] * 2304)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from grefel.cli import main
+from grefel.commands import main
 from grefel.data import DataSource, load_dataset
 from grefel.data import images as images_module
 from grefel.data.votes import process_votes, votes_to_targets

@@ -10,8 +10,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from grefel.data import (AugmentConfig, DataSource, FERDataset, class_balanced_weights, class_weights,
-                         collate_samples, eval_transform, load_dataset, train_transform)
+from grefel.data import (
+    AugmentConfig,
+    DataSource,
+    FERDataset,
+    class_balanced_weights,
+    class_weights,
+    collate_samples,
+    eval_transform,
+    load_dataset,
+    train_transform,
+)
 from grefel.errors import ConfigError
 
 NO_AUG = AugmentConfig(hflip=0, shift=0, scale=0, rotate=0, brightness=0, contrast=0, erasing=0)

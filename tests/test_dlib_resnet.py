@@ -15,7 +15,7 @@ import torch
 from grefel.errors import WeightsError
 from grefel.models.dlib_resnet import DLIB_INPUT_SIZE, DlibResNet, add_padded
 from grefel.models.face_branch import face_branch, load_face_branch
-from grefel.models.registry import load_dlib_resnet, shipped_weights
+from grefel.models.pretrained import load_dlib_resnet, shipped_weights
 
 REFERENCE = Path(__file__).parent / "data" / "dlib_descriptors.json"
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from conftest import FERPLUS_ROOT, PHOTOS_DIR
-from grefel.checkpoint import shipped_checkpoint
-from grefel.cli import main
+from grefel.commands import main
 from grefel.data.transforms import eval_transform
 from grefel.inference.recognizer import Recognizer
+from grefel.models.model_file import shipped_checkpoint
 
 
 def valid_images(n: int) -> list[np.ndarray]:

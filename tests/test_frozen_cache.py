@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from grefel.data import AugmentConfig, DataSource, load_dataset
 from grefel.data.transforms import TrainTransform, eval_transform
-from grefel.frozen_cache import FrozenMapCache
+from grefel.engine.frozen_cache import FrozenMapCache
 from grefel.models import create_model
 
 SIZES = dict(input_size=48, branch_size=48, landmark_size=112, ir_stem=8, ir_widths=(8, 16, 32), ir_units=(1, 1, 1),

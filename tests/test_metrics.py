@@ -13,6 +13,7 @@ import torch
 from sklearn import metrics as skm
 
 from grefel import metrics as M
+from grefel import plots
 from grefel.errors import DataError
 
 C = 8
@@ -130,11 +131,11 @@ def test_reliability_bins_counts_and_edges() -> None:
 def test_png_writers(tmp_path) -> None:
     probs, y = _random_case(6)
     reliability = tmp_path / "plots" / "reliability.png"
-    M.plot_reliability_diagram(probs, y, reliability, title="valid")
+    plots.plot_reliability_diagram(probs, y, reliability, title="valid")
     matrix = tmp_path / "cm.png"
     cm = M.confusion_matrix(y, probs.argmax(axis=1), C)
-    M.plot_confusion_matrix(cm, [f"class{i}" for i in range(C)], matrix)
-    M.plot_confusion_matrix(cm, [f"class{i}" for i in range(C)], tmp_path / "counts.png", normalize=False)
+    plots.plot_confusion_matrix(cm, [f"class{i}" for i in range(C)], matrix)
+    plots.plot_confusion_matrix(cm, [f"class{i}" for i in range(C)], tmp_path / "counts.png", normalize=False)
     for path in (reliability, matrix, tmp_path / "counts.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = cv2.imread(str(path))
@@ -185,7 +186,7 @@ def test_bad_inputs_raise_one_line_errors() -> None:
     with pytest.raises(DataError, match="integer class indices"):
         M.accuracy([0.0, 1.5], [0, 1])
     with pytest.raises(DataError, match="3 names"):
-        M.plot_confusion_matrix(np.eye(2, dtype=int), ["a", "b", "c"], "unused.png")
+        plots.plot_confusion_matrix(np.eye(2, dtype=int), ["a", "b", "c"], "unused.png")
     with pytest.raises(DataError, match="no class has samples"):
         M.mean_class_accuracy(np.zeros((3, 3), dtype=int))
 

@@ -12,12 +12,22 @@ import torch
 
 from grefel.errors import WeightsError
 from grefel.fileio import load_state_dict
-from grefel.models import (FaceBaselineConfig, GReFELConfig, GReFELViTConfig, PlainCNNConfig, create_model, kappa, list_models,
-                           load_landmark_weights, model_config, model_spec)
+from grefel.models import (
+    FaceBaselineConfig,
+    GReFELConfig,
+    GReFELViTConfig,
+    PlainCNNConfig,
+    create_model,
+    kappa,
+    list_models,
+    model_config,
+    model_spec,
+)
 from grefel.models.ir import IRBackbone, load_ir50
 from grefel.models.mobilefacenet import MobileFaceNet
+from grefel.models.pretrained import load_landmark_weights
 from grefel.models.reliability import ReliabilityHead
-from grefel.models.serving import ServingModel, export_onnx
+from grefel.models.serving import ServingModel
 
 # Tiny sizes per config family, so every registered preset is exercised in seconds.
 TINY = {
@@ -90,7 +100,7 @@ def test_backward_reaches_every_trainable_parameter_and_no_frozen_one(name):
     model = tiny(name).train()
     out = model(batch_for(model), trust=0.5)
     target = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3]), 8).float()
-    from grefel.losses import GReFELLoss
+    from grefel.engine.losses import GReFELLoss
     anchors = model.reliability.anchors if name in GREFEL_PRESETS else None
     loss, _ = GReFELLoss()(out, target, anchors, trust=0.5)
     loss.backward()
@@ -142,7 +152,7 @@ def test_trace_and_onnx_export(name, tmp_path):
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(serving, x[:2])
         path = tmp_path / f"{name}.onnx"
-        export_onnx(serving, path, tuple(x[:2].shape))
+        serving.export_onnx(path, tuple(x[:2].shape))
     with torch.no_grad():
         expected = serving(x).numpy()
     np.testing.assert_allclose(traced(x).detach().numpy(), expected, atol=1e-5)
@@ -166,7 +176,7 @@ def test_grey_input_preset():
 
 
 def test_paper_feature_extractor_within_3_percent_of_poster_pp():
-    model = create_model("grefel_paper", landmark_weights=None)
+    model = create_model("grefel_paper", pretrained=False)
     assert abs(model.feature_extractor_parameters() / 43.7e6 - 1) < 0.03
     assert model.config.windows == (28, 14, 7) and model.config.embed_dim == 768
     assert model.config.num_anchors == 10 and model.config.cross_heads == (2, 4, 8)

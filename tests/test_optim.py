@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from grefel.optim import OptimConfig, build_optimizer, build_scheduler, load_scheduler_state
+from grefel.engine.optim import OptimConfig, build_optimizer, build_scheduler, load_scheduler_state
 
 STEPS_PER_EPOCH = 10
 

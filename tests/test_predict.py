@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import FERPLUS_ROOT, PHOTOS_DIR
-from grefel.cli import main
+from grefel.commands import main
 from grefel.inference.recognizer import Recognizer
 
 ASTRONAUT = PHOTOS_DIR / "astronaut.png"
@@ -94,9 +94,11 @@ def test_no_detect_csv_matches_the_evaluate_path(tmp_path, capsys, cache_dir):
     evaluate path (FERPlus loader, eval_transform, engine.predict, temperature) agree."""
     from torch.utils.data import DataLoader
 
-    from grefel.checkpoint import build_from_checkpoint, resolve_checkpoint
     from grefel.data import DataSource, collate_samples, eval_transform, load_dataset
-    from grefel.engine import Amp, predict as engine_predict
+    from grefel.engine import Amp
+    from grefel.engine import predict as engine_predict
+    from grefel.models import build_from_checkpoint
+    from grefel.models.model_file import resolve_checkpoint
 
     rows = valid_rows(128)
     crops = copy_crops(tmp_path / "crops", 128)

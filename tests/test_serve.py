@@ -13,16 +13,15 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+from grefel.serve.cli import listen, make_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import PHOTOS_DIR
 from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES
 from grefel.serve.app import ServeConfig, create_app
-from grefel.serve.cli import listen, make_server
 from grefel.serve.headers import image_dimensions
-
-from conftest import PHOTOS_DIR
 
 BODY_TIMEOUT_S = 1.0
 BOUNDARY = "grefeltestboundary"
@@ -185,7 +184,7 @@ def test_body_cut_off_by_hang_up_then_good(server: str, client: httpx.Client, ph
 
 
 def test_cli_busy_port_is_one_line_error(capsys: pytest.CaptureFixture) -> None:
-    from grefel.cli import main
+    from grefel.commands import main
 
     with listen("127.0.0.1", 0) as taken:
         taken.listen()

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import grefel
-from grefel.checkpoint import shipped_checkpoint
 from grefel.data import DataSource, load_dataset
 from grefel.data.transforms import eval_transform
 from grefel.labels import CANONICAL_CLASSES
 from grefel.models import list_models
+from grefel.models.model_file import shipped_checkpoint
 
 SHIPPED_LIMIT_BYTES = 25 * 1024 * 1024
 
@@ -54,7 +54,7 @@ def test_shipped_model_recognises_ferplus_valid_faces(ferplus_root, cache_dir):
 @pytest.mark.slow
 def test_evaluate_reproduces_the_shipped_validation_metrics(ferplus_root, cache_dir, tmp_path):
     """The whole valid split through `grefel evaluate` gives the figures the shipped JSON (and README) quote."""
-    from grefel.cli import main
+    from grefel.commands import main
 
     out = tmp_path / "valid.json"
     assert main(["evaluate", "--data-root", str(ferplus_root), "--split", "valid", "--output-json", str(out)]) == 0

@@ -25,7 +25,7 @@ __all__ = ["CANONICAL_CLASSES", "Recognizer", "load_model", "__version__"]
 def load_model(checkpoint: str | None = None, device: str = "cpu") -> "ServingModel":
     """A checkpoint (the shipped FERPlus model by default) as an eval-mode module returning
     calibrated probabilities; `.info` holds its JSON (classes, input size, metrics)."""
-    from grefel.checkpoint import resolve_checkpoint
+    from grefel.models.model_file import resolve_checkpoint
     from grefel.models.serving import ServingModel
 
     return ServingModel.from_checkpoint(resolve_checkpoint(checkpoint)).to(device)

@@ -1,3 +1,3 @@
-from grefel.cli import main
+from grefel.commands import main
 
 raise SystemExit(main())

@@ -1,84 +1,80 @@
-"""`grefel evaluate` and `grefel calibrate`: score a checkpoint on a dataset split, fit its temperature."""
+"""Scoring a model file on a dataset split (`evaluate_checkpoint`) and fitting its temperature (`calibrate_checkpoint`).
+
+Both score what the checkpoint serves: its served prediction, with the
+test-time flip it was evaluated with unless told otherwise, its batch norms
+folded as in inference.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grefel.data.source import add_source_arguments
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from grefel.calibration import fit_temperature
+from grefel.data import collate_samples, eval_transform, load_dataset
+from grefel.data.dataset import FERDataset
+from grefel.data.source import DataSource
+from grefel.devices import resolve_device
+from grefel.engine.loops import Amp, Predictions, metrics_report, predict
+from grefel.errors import DataError
+from grefel.labels import CANONICAL_CLASSES
+from grefel.metrics import expected_calibration_error, nll, vote_agreement
+from grefel.models.model_file import resolve_checkpoint, update_checkpoint_info
+from grefel.models.serving import ServingModel, served_tta_flip
+from grefel.plots import plot_confusion_matrix, plot_reliability_diagram
+from grefel.progress import Progress
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    ev = subparsers.add_parser("evaluate", help="accuracy, per-class and calibration metrics of a checkpoint",
-                               description="Evaluate a checkpoint (the shipped FERPlus model by default) on a split.")
-    _common(ev, split_default="test")
-    ev.add_argument("--output-json", help="write the full report as JSON")
-    ev.add_argument("--plots", help="directory for the confusion matrix and reliability diagram PNGs")
-    ev.add_argument("--serve", choices=["primary", "corrected"], help="override the checkpoint's served prediction")
-    ev.set_defaults(func=run_evaluate)
-
-    cal = subparsers.add_parser("calibrate", help="fit the temperature of a checkpoint on validation data",
-                                description="Fit temperature scaling (Guo et al. 2017) on a validation split and "
-                                            "store it in the checkpoint's JSON.")
-    _common(cal, split_default="valid")
-    cal.add_argument("--output", help="write a calibrated copy here (X.safetensors + X.json) instead of in place")
-    cal.set_defaults(func=run_calibrate)
+@dataclass
+class Scored:
+    checkpoint: Path
+    info: dict[str, Any]
+    dataset: FERDataset
+    preds: Predictions
+    shared: list[int]          # canonical indices of the classes both the dataset and the model have
+    tta_flip: bool
+    split: str
+    label_mode: str
 
 
-def _common(parser: argparse.ArgumentParser, split_default: str) -> None:
-    parser.add_argument("--checkpoint", help="X.safetensors (with X.json beside it); default: the shipped model")
-    add_source_arguments(parser, split_default=split_default)
-    # 32: at 64 and above the landmark branch's 112 px activations outgrow glibc's reusable heap blocks, and
-    # every batch pays for fresh zeroed pages (at 256, system time was 56% of the CPU time of a valid-split evaluation).
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="data loader worker processes")
-    parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
-                        help="average each image with its mirror (default: as the checkpoint serves)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-
-
-def _predict(args: argparse.Namespace):
-    """Load checkpoint and dataset, return (model info, dataset, predictions, shared class indices)."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from grefel.checkpoint import build_from_checkpoint, resolve_checkpoint
-    from grefel.data import collate_samples, eval_transform, load_dataset, source_from_args
-    from grefel.engine import Amp, predict
-    from grefel.errors import DataError
-    from grefel.labels import CANONICAL_CLASSES
-    from grefel.models.serving import fold_batchnorm, served_tta_flip
-
-    path = resolve_checkpoint(args.checkpoint)
-    model, info = build_from_checkpoint(path)
-    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
-    ds = load_dataset(source_from_args(args), args.split, args.label_mode)
+def score_checkpoint(checkpoint: str | Path | None, source: DataSource, split: str, label_mode: str = "majority", *,
+                     batch_size: int = 32, workers: int = 2, tta_flip: bool | None = None,
+                     device: str = "auto") -> Scored:
+    """Predictions of a model file (the shipped model when None) on every sample of a split."""
+    path = resolve_checkpoint(checkpoint)
+    serving = ServingModel.from_checkpoint(path)           # read once; batch norms folded as in inference
+    dev = resolve_device(device)
+    model = serving.model.to(dev).to(memory_format=torch.channels_last)
+    info = serving.info
+    ds = load_dataset(source, split, label_mode)
     num_classes = len(info["class_names"])
     shared = [CANONICAL_CLASSES.index(name) for name in ds.class_names if CANONICAL_CLASSES.index(name) < num_classes]
     if ds.labels.max() >= num_classes:
         raise DataError(f"the dataset has class {CANONICAL_CLASSES[int(ds.labels.max())]} that the model "
                         f"({num_classes} classes) cannot predict")
     ds.transform = eval_transform(info["input"]["size"], info["input"]["channels"])
-    loader = DataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_samples)
-    if args.tta_flip is None:   # score what predict and serve return
-        args.tta_flip = served_tta_flip(info)
-    preds = predict(model, loader, device=device, amp=Amp("off", device.type), tta_flip=args.tta_flip)
-    return path, info, ds, preds, shared
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_samples)
+    flip = served_tta_flip(info, tta_flip)                 # score what predict and serve return
+    with Progress(len(loader), f"scoring {split}", unit="batches", period=10.0) as progress:
+        preds = predict(model, loader, device=dev, amp=Amp("off", dev.type), tta_flip=flip,
+                        on_batch=lambda: progress.update())
+    return Scored(path, info, ds, preds, shared, flip, split, label_mode)
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
+def _renormalise(p: np.ndarray) -> np.ndarray:
+    return p / p.sum(1, keepdims=True).clip(1e-12)
 
-    from grefel.engine import Predictions, metrics_report
-    from grefel.fileio import atomic_write_json
-    from grefel.labels import CANONICAL_CLASSES
-    from grefel.metrics import plot_confusion_matrix, plot_reliability_diagram, vote_agreement
 
-    path, info, ds, preds, shared = _predict(args)
-    serve = args.serve or info["serve"]
+def evaluate_checkpoint(scored: Scored, serve: str | None = None, plots: str | Path | None = None) -> dict[str, Any]:
+    """The report of `grefel evaluate`: metrics of the served prediction, primary and corrected accuracy,
+    agreement with FERPlus's annotators, and the confusion matrix and reliability diagram under `plots`."""
+    info, preds, ds, shared = scored.info, scored.preds, scored.dataset, scored.shared
+    serve = serve or info["serve"]
     num_classes = len(info["class_names"])
     note = None
     if len(shared) < num_classes:
@@ -90,29 +86,38 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 f"({', '.join(CANONICAL_CLASSES[c] for c in shared)}); probabilities renormalised over them")
     names = [CANONICAL_CLASSES[c] for c in shared]
     report = metrics_report(preds, names, serve, float(info["temperature"]))
-    report.update(checkpoint=str(path), split=args.split, label_mode=args.label_mode, tta_flip=args.tta_flip,
-                  evaluated_classes=names)
-    if ds.votes is not None and note is None:
-        import torch
-        probs = torch.softmax(torch.from_numpy(preds.served_logits(serve)).double() / report["temperature"], -1)
-        report["agreement_with_people"] = vote_agreement(probs.numpy(), ds.votes[preds.index])
+    report.update(checkpoint=str(scored.checkpoint), split=scored.split, label_mode=scored.label_mode,
+                  tta_flip=scored.tta_flip, evaluated_classes=names)
     if note:
         report["note"] = note
-    print(format_report(report))
-    if args.output_json:
-        atomic_write_json(args.output_json, report)
-    if args.plots:
-        import torch
-        probs = torch.softmax(torch.from_numpy(preds.served_logits(serve)).double() / report["temperature"], -1).numpy()
-        plot_confusion_matrix(np.array(report["confusion_matrix"]), names, Path(args.plots) / "confusion_matrix.png",
-                              title=f"{args.split} ({report['num_samples']} samples)")
-        plot_reliability_diagram(probs, preds.label, Path(args.plots) / "reliability_diagram.png",
-                                 title=f"{args.split}, T = {report['temperature']:.3g}")
-    return 0
+    probs = torch.softmax(torch.from_numpy(preds.served_logits(serve)).double() / report["temperature"], -1).numpy()
+    if ds.votes is not None and note is None:
+        report["agreement_with_people"] = vote_agreement(probs, ds.votes[preds.index])
+    if plots:
+        plot_confusion_matrix(np.array(report["confusion_matrix"]), names, Path(plots) / "confusion_matrix.png",
+                              title=f"{scored.split} ({report['num_samples']} samples)")
+        plot_reliability_diagram(probs, preds.label, Path(plots) / "reliability_diagram.png",
+                                 title=f"{scored.split}, T = {report['temperature']:.3g}")
+    return report
 
 
-def _renormalise(p):
-    return p / p.sum(1, keepdims=True).clip(1e-12)
+def calibrate_checkpoint(scored: Scored, output: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+    """Fit temperature scaling on the scored split and write it into the checkpoint's JSON (or a calibrated
+    copy at `output`); returns the fit's figures and the JSON written."""
+    serve = scored.info["serve"]
+    logits = torch.from_numpy(scored.preds.served_logits(serve)).double()
+    labels = torch.from_numpy(scored.preds.label)
+    temperature = fit_temperature(logits, labels)
+    before = torch.softmax(logits, -1).numpy()
+    after = torch.softmax(logits / temperature, -1).numpy()
+    result = {"temperature": temperature, "split": scored.split, "num_samples": len(labels), "serve": serve,
+              "tta_flip": scored.tta_flip,
+              "nll_before": nll(before, labels), "nll_after": nll(after, labels),
+              "ece_before": expected_calibration_error(before, labels),
+              "ece_after": expected_calibration_error(after, labels)}
+    info = {**scored.info, "temperature": temperature,
+            "calibration": {k: v for k, v in result.items() if k != "temperature"}}
+    return result, update_checkpoint_info(scored.checkpoint, info, output)
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -152,36 +157,3 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_calibrate(args: argparse.Namespace) -> int:
-    import shutil
-
-    import torch
-
-    from grefel.calibration import fit_temperature
-    from grefel.checkpoint import checkpoint_paths
-    from grefel.fileio import atomic_write_json
-    from grefel.metrics import expected_calibration_error, nll
-
-    path, info, ds, preds, shared = _predict(args)
-    serve = info["serve"]
-    logits = torch.from_numpy(preds.served_logits(serve)).double()
-    labels = torch.from_numpy(preds.label)
-    temperature = fit_temperature(logits, labels)
-    before = torch.softmax(logits, -1).numpy()
-    after = torch.softmax(logits / temperature, -1).numpy()
-    result = {"temperature": temperature, "split": args.split, "num_samples": len(labels), "serve": serve,
-              "tta_flip": args.tta_flip,
-              "nll_before": nll(before, labels), "nll_after": nll(after, labels),
-              "ece_before": expected_calibration_error(before, labels),
-              "ece_after": expected_calibration_error(after, labels)}
-    stem = checkpoint_paths(path)
-    target = checkpoint_paths(args.output) if args.output else stem
-    if target != stem:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(stem.with_suffix(".safetensors"), target.with_suffix(".safetensors"))
-    info = {**info, "temperature": temperature,
-            "calibration": {k: v for k, v in result.items() if k != "temperature"}}
-    atomic_write_json(target.with_suffix(".json"), info)
-    print(json.dumps(result, indent=2))
-    print(f"temperature {temperature:.4f} written to {target.with_suffix('.json')}")
-    return 0

@@ -8,6 +8,7 @@ or a full disk leaves the previous file intact.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -16,6 +17,7 @@ from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as _load_safetensors_bytes
 from safetensors.torch import load_file as _load_safetensors
 from safetensors.torch import save as _safetensors_bytes
 
@@ -108,3 +110,47 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                                             for k, v in obj.items()):
         raise WeightsError(f"{path}: expected a state_dict mapping names to tensors, got {type(obj).__name__}")
     return obj
+
+
+# ---- safetensors + JSON pairs (model checkpoints and training states) ----------------------------
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_pair(stem: Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """`stem`.safetensors and `stem`.json, each atomic; the JSON records the weights' sha256."""
+    data = _safetensors_bytes({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+    atomic_write_bytes(stem.with_suffix(".safetensors"), data)
+    atomic_write_json(stem.with_suffix(".json"), {**info, "weights_sha256": sha256_hex(data)})
+
+
+def read_pair(stem: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read both files once; a weights file that does not match the recorded sha256 is refused."""
+    weights, meta = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    try:
+        info = json.loads(meta.read_text())
+        data = weights.read_bytes()
+    except FileNotFoundError as exc:
+        raise WeightsError(f"{exc.filename}: not found") from None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 4300+ digit integer
+        raise WeightsError(f"{meta}: not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(info, dict):
+        raise WeightsError(f"{meta}: expected a JSON object")
+    if info.get("weights_sha256") not in (None, sha256_hex(data)):
+        raise WeightsError(f"{weights}: content does not match the sha256 recorded in {meta.name} "
+                           "(truncated or from another save)")
+    try:
+        tensors = _load_safetensors_bytes(data)
+    except (SafetensorError, ValueError) as exc:
+        raise WeightsError(f"{weights}: not a readable safetensors file ({exc})") from None
+    return tensors, info
+
+
+def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unprefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    head = prefix + "."
+    return {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}

@@ -1,4 +1,4 @@
-"""Classification and calibration metrics for evaluation reports.
+"""Classification and calibration metrics for evaluation reports (numpy; plots are in grefel.plots).
 
 Inputs may be numpy arrays, sequences or torch tensors; outputs are plain
 Python floats or numpy arrays, so a report goes straight to JSON. Classes are
@@ -9,14 +9,11 @@ restricted it with `restrict_to_classes`).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from grefel.errors import DataError
-from grefel.fileio import atomic_open
 
 # bfloat16 softmax rows (mixed precision) sum to 1 only within a few 1e-3;
 # logits or unnormalised scores, the mistakes worth catching, are far off.
@@ -24,7 +21,7 @@ _ROW_SUM_ATOL = 1e-2
 
 
 def _as_numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor; metrics need no torch of their own
         x = x.detach().cpu()
         # numpy has no bfloat16, and float64 keeps sums and logs accurate.
         return (x.double() if x.is_floating_point() else x).numpy()
@@ -74,7 +71,7 @@ def _probs_and_labels(probs: Any, y_true: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
-def _cm(cm: Any) -> np.ndarray:
+def as_confusion_matrix(cm: Any) -> np.ndarray:
     arr = _as_numpy(cm)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] == 0:
         raise DataError(f"confusion matrix: expected a square (C, C) array, got shape {arr.shape}")
@@ -111,13 +108,13 @@ def accuracy(y_true: Any, y_pred: Any) -> float:
 
 def per_class_recall(cm: Any) -> np.ndarray:
     """(C,) recall per true class; NaN for a class with no samples."""
-    cm = _cm(cm)
+    cm = as_confusion_matrix(cm)
     return _ratio(np.diag(cm).astype(np.float64), cm.sum(axis=1))
 
 
 def per_class_precision(cm: Any) -> np.ndarray:
     """(C,) precision per predicted class; NaN for a class never predicted."""
-    cm = _cm(cm)
+    cm = as_confusion_matrix(cm)
     return _ratio(np.diag(cm).astype(np.float64), cm.sum(axis=0))
 
 
@@ -140,7 +137,7 @@ def macro_f1(cm: Any) -> float:
     samples that is never predicted scores F1 = 0. This equals scikit-learn's
     `f1_score(average="macro", labels=<classes present in y_true>)`.
     """
-    cm = _cm(cm)
+    cm = as_confusion_matrix(cm)
     tp = np.diag(cm).astype(np.float64)
     support = cm.sum(axis=1)
     present = support > 0
@@ -182,7 +179,7 @@ def reliability_bins(probs: Any, y_true: Any, n_bins: int = 15) -> dict[str, np.
     }
 
 
-def _ece_from_bins(bins: dict[str, np.ndarray]) -> float:
+def ece_from_bins(bins: dict[str, np.ndarray]) -> float:
     count = bins["count"]
     filled = count > 0
     gap = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
@@ -191,77 +188,7 @@ def _ece_from_bins(bins: dict[str, np.ndarray]) -> float:
 
 def expected_calibration_error(probs: Any, y_true: Any, n_bins: int = 15) -> float:
     """Top-label ECE: |accuracy - confidence| per equal-width bin, weighted by the bin's share of samples."""
-    return _ece_from_bins(reliability_bins(probs, y_true, n_bins))
-
-
-def _figure(figsize: tuple[float, float]) -> Any:
-    # A bare Figure on its own Agg canvas: pyplot is never imported, so the
-    # caller's backend and open figures are untouched. Imported here because
-    # matplotlib is slow to import and only the plots need it.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_png(fig: Any, path: str | os.PathLike) -> None:
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png")
-
-
-def plot_reliability_diagram(probs: Any, y_true: Any, path: str | os.PathLike,
-                             title: str | None = None, n_bins: int = 15) -> None:
-    """Write a reliability diagram (accuracy per confidence bin against the diagonal) as a PNG."""
-    bins = reliability_bins(probs, y_true, n_bins)
-    filled = bins["count"] > 0
-    left = bins["edges"][:-1][filled]
-    width = np.diff(bins["edges"])[filled]
-    acc, conf = bins["accuracy"][filled], bins["confidence"][filled]
-
-    fig = _figure((5.0, 5.0))
-    ax = fig.add_subplot()
-    ax.bar(left, acc, width, align="edge", color="tab:blue", edgecolor="black", label="accuracy")
-    ax.bar(left, conf - acc, width, bottom=acc, align="edge", color="tab:red", alpha=0.3,
-           edgecolor="tab:red", hatch="//", label="gap to mean confidence")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)", ylabel="accuracy",
-           title=title or "Reliability diagram")
-    # Bins usually sit on or under the diagonal, which leaves the upper left empty.
-    ax.legend(loc="upper left", title=f"ECE {_ece_from_bins(bins):.4f}, N = {int(bins['count'].sum())}")
-    fig.tight_layout()
-    _save_png(fig, path)
-
-
-def plot_confusion_matrix(cm: Any, class_names: Sequence[str], path: str | os.PathLike,
-                          normalize: bool = True, title: str | None = None) -> None:
-    """Write a confusion-matrix heat map as a PNG; `normalize` shows each true-class row as fractions."""
-    cm = _cm(cm)
-    num = cm.shape[0]
-    if len(class_names) != num:
-        raise DataError(f"class_names has {len(class_names)} names but the confusion matrix is {num}x{num}")
-    if normalize:
-        support = cm.sum(axis=1, keepdims=True)  # (C, 1)
-        values = np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)  # (C, C)
-        vmax, fmt = 1.0, ".2f"
-    else:
-        values, vmax, fmt = cm, max(1, int(cm.max())), "d"
-
-    fig = _figure((1.5 + 0.7 * num, 1.0 + 0.7 * num))
-    ax = fig.add_subplot()
-    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    for i in range(num):
-        for j in range(num):
-            ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=8,
-                    color="white" if values[i, j] > vmax / 2 else "black")
-    ax.set_xticks(range(num), labels=list(class_names), rotation=45, ha="right")
-    ax.set_yticks(range(num), labels=list(class_names))
-    ax.set(xlabel="predicted", ylabel="true",
-           title=title or ("Confusion matrix (row-normalised)" if normalize else "Confusion matrix"))
-    fig.tight_layout()
-    _save_png(fig, path)
+    return ece_from_bins(reliability_bins(probs, y_true, n_bins))
 
 
 def _json_floats(values: np.ndarray) -> list[float | None]:
@@ -357,19 +284,3 @@ def restrict_to_classes(probs: Any, class_indices: Sequence[int]) -> np.ndarray:
         raise DataError(f"probs: row {empty[0]} has no probability on classes {idx.tolist()}; "
                         f"restrict the logits before the softmax instead")
     return kept / mass
-
-
-def plot_training_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
-    """Loss and accuracy per epoch (train and validation) from metrics.csv rows, as a PNG."""
-    epochs = [int(r["epoch"]) for r in rows]
-    fig = _figure((10.0, 4.0))
-    for i, (title, keys) in enumerate((("loss", ("train_loss", "val_loss")),
-                                       ("accuracy", ("train_acc", "val_acc", "val_mean_class_acc")))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        for key in keys:
-            ax.plot(epochs, [float(r[key]) for r in rows], marker="o", markersize=3, label=key)
-        ax.set(xlabel="epoch", title=title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    _save_png(fig, path)

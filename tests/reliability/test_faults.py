@@ -15,11 +15,12 @@ from typing import Callable
 import pytest
 import torch
 
-import grefel.checkpoint
 import grefel.fileio
-from grefel.checkpoint import load_training_state, read_model_checkpoint, save_training_state
+import grefel.training.state
 from grefel.errors import GrefelError
+from grefel.models.model_file import read_model_checkpoint
 from grefel.training import load_config, train
+from grefel.training.state import load_training_state, save_training_state
 from reliability.conftest import assert_one_line, training_state_info
 from training_helpers import tiny_config
 
@@ -53,7 +54,7 @@ class FailingFile:
 
 
 class FailingOS:
-    """`os` as grefel.fileio and grefel.checkpoint see it, where the writes, fsyncs and renames they do
+    """`os` as grefel.fileio and grefel.training.state see it, where the writes, fsyncs and renames they do
     can fail with ENOSPC: `fail(n, op)` decides for the n-th such operation, e.g. "replace last.json -> prev.json"."""
 
     def __init__(self, fail: Callable[[int, str], bool]) -> None:
@@ -81,7 +82,7 @@ class FailingOS:
 
 def failing_os(monkeypatch: pytest.MonkeyPatch, fail: Callable[[int, str], bool]) -> FailingOS:
     faulty = FailingOS(fail)
-    for module in (grefel.fileio, grefel.checkpoint):
+    for module in (grefel.fileio, grefel.training.state):
         monkeypatch.setattr(module, "os", faulty)
     return faulty
 

@@ -17,11 +17,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grefel.checkpoint import (build_from_checkpoint, load_training_state, read_model_checkpoint,
-                               save_model_checkpoint, save_training_state)
 from grefel.config import to_dict
 from grefel.labels import CANONICAL_CLASSES
-from grefel.models import create_model, list_models
+from grefel.models import build_from_checkpoint, create_model, list_models
+from grefel.models.model_file import read_model_checkpoint, save_model_checkpoint
+from grefel.training.state import load_training_state, save_training_state
 from reliability.conftest import fuzz_settings, generated, outcome, training_state_info
 from training_helpers import TINY_MODEL
 
@@ -52,7 +52,7 @@ def checkpoint(tmp_path_factory) -> Short:
     """A real tiny grefel_small checkpoint: values (stem, its JSON)."""
     stem = tmp_path_factory.mktemp("fuzz-checkpoint") / "best"
     torch.manual_seed(0)
-    model = create_model("grefel_small", landmark_weights=None, **TINY_MODEL)
+    model = create_model("grefel_small", pretrained=False, **TINY_MODEL)
     cfg = model.config
     save_model_checkpoint(stem, model, {
         "preset": "grefel_small", "model": to_dict(cfg), "class_names": list(CANONICAL_CLASSES),

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from grefel.cli import main as grefel_main
+from grefel.commands import main as grefel_main
 from grefel.config import from_dict, to_dict
 from grefel.training import TrainConfig, load_config
 from reliability.conftest import fuzz_settings, generated, outcome

@@ -16,8 +16,20 @@ from hypothesis import strategies as st
 
 from grefel.labels import CANONICAL_CLASSES, FERPLUS_VOTE_COLUMNS
 from reliability.conftest import fuzz_settings, generated, pixels_text, random_image
-from reliability.rows import (LABEL_MUTATIONS, PIXEL_MUTATIONS, Case, Row, check, layouts, load_both,
-                              majority_votes, mutate_label, mutate_pixels, render, write_case)
+from reliability.rows import (
+    LABEL_MUTATIONS,
+    PIXEL_MUTATIONS,
+    Case,
+    Row,
+    check,
+    layouts,
+    load_both,
+    majority_votes,
+    mutate_label,
+    mutate_pixels,
+    render,
+    write_case,
+)
 
 # fer2013 `emotion` 0..6 (Angry, Disgust, Fear, Happy, Sad, Surprise, Neutral) in canonical indices,
 # written out here rather than taken from grefel.labels so the oracle does not reuse the code under test.

@@ -16,8 +16,18 @@ from hypothesis import strategies as st
 
 from grefel.labels import CANONICAL_CLASSES, LABEL_ORDERS, SYNONYMS
 from reliability.conftest import fuzz_settings, generated, random_image
-from reliability.rows import (LABEL_RULE_DROPS, Case, Row, check, layouts, load_both, majority_votes, png, render,
-                              write_case)
+from reliability.rows import (
+    LABEL_RULE_DROPS,
+    Case,
+    Row,
+    check,
+    layouts,
+    load_both,
+    majority_votes,
+    png,
+    render,
+    write_case,
+)
 
 seeds = st.integers(0, 2**16)
 NOISE = st.text(st.sampled_from("abcfer0123456789.png ,\"()\r\n\t-/\\\x00\u00e9\u2028\ufeff"), max_size=300)

@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO_ROOT
-from grefel.checkpoint import _read_pair
-from grefel.cli import main as grefel_main
+from grefel.commands import main as grefel_main
+from grefel.fileio import read_pair as _read_pair
 from reliability.conftest import KILLS
 from training_helpers import tiny_config
 

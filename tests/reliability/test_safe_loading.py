@@ -12,13 +12,14 @@ import pytest
 import torch
 
 import grefel
-from grefel.checkpoint import build_from_checkpoint, read_model_checkpoint, save_model_checkpoint
-from grefel.cli import main as grefel_main
+from grefel.commands import main as grefel_main
 from grefel.config import to_dict
 from grefel.errors import GrefelError
 from grefel.fileio import load_state_dict
 from grefel.labels import CANONICAL_CLASSES
-from grefel.models import create_model, load_landmark_weights
+from grefel.models import build_from_checkpoint, create_model
+from grefel.models.model_file import read_model_checkpoint, save_model_checkpoint
+from grefel.models.pretrained import load_landmark_weights
 from reliability.conftest import assert_one_line
 from training_helpers import TINY_MODEL, tiny_config
 
@@ -81,10 +82,10 @@ def test_load_state_dict_refuses_pickled_code(evil):
 
 def test_landmark_weight_paths_refuse_pickled_code(evil):
     files, marker = evil
-    model = create_model("grefel_small", landmark_weights=None, **TINY_MODEL)
+    model = create_model("grefel_small", pretrained=False, **TINY_MODEL)
     for path in files:
         refused(marker, load_landmark_weights, model, path)
-        refused(marker, create_model, "grefel_small", landmark_weights=path, **TINY_MODEL)
+        refused(marker, create_model, "grefel_small", pretrained={"landmarks": path}, **TINY_MODEL)
 
 
 def cli_refuses(marker: Path, capsys, argv: list[str]) -> str:
@@ -115,7 +116,7 @@ def test_train_weight_options_refuse_pickled_code(evil, tmp_path, capsys, key, o
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory) -> Path:
     stem = tmp_path_factory.mktemp("contract") / "best"
-    model = create_model("grefel_small", landmark_weights=None, **TINY_MODEL)
+    model = create_model("grefel_small", pretrained=False, **TINY_MODEL)
     cfg = model.config
     save_model_checkpoint(stem, model, {
         "preset": "grefel_small", "model": to_dict(cfg), "class_names": list(CANONICAL_CLASSES),

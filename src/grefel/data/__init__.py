@@ -1,7 +1,7 @@
 """FER datasets: FERPlus, fer2013.csv, CSV and image folders, loaded into one `FERDataset`.
 
-Names are imported lazily (PEP 562) so `grefel --help` and flag registration
-do not pay for torch and cv2.
+Names are imported lazily (PEP 562): `grefel.data.source` (what configs and
+commands need at start-up) then costs no torch or cv2 import.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 _EXPORTS = {
     "DataSource": "source", "SPLITS": "source", "LABEL_MODES": "source", "FORMATS": "source",
-    "load_dataset": "source", "add_source_arguments": "source", "source_from_args": "source",
+    "load_dataset": "load",
     "FERDataset": "dataset", "Sample": "dataset", "collate_samples": "dataset",
     "AugmentConfig": "transforms", "train_transform": "transforms", "eval_transform": "transforms",
     "class_balanced_weights": "weights", "class_weights": "weights",

@@ -17,8 +17,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from grefel.fileio import atomic_open
 from grefel.data.raw import BadRow, RawData
+from grefel.fileio import atomic_open
 
 CACHE_VERSION = 1
 

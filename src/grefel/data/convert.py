@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from grefel.fileio import atomic_open
 from grefel.data.dataset import FERDataset
 from grefel.data.images import FER_SIZE, resize_square, to_color
+from grefel.fileio import atomic_open
 
 _DIGITS = [str(v) for v in range(256)]
 

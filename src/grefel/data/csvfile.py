@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from grefel.errors import DataError
-from grefel.labels import CANONICAL_CLASSES, NUM_CLASSES
 from grefel.data.cache import Fingerprint, cached_raw
 from grefel.data.images import FER_SIZE, parse_pixels
 from grefel.data.raw import BadRow, RawData, csv_rows, existing_dir, existing_file, parse_label_index
-
-if TYPE_CHECKING:
-    from grefel.data.source import DataSource
+from grefel.data.source import DataSource
+from grefel.errors import DataError
+from grefel.labels import CANONICAL_CLASSES, NUM_CLASSES
 
 SPLIT_FILES = {"train": "train.csv", "valid": "val.csv", "test": "test.csv"}
 REQUIRED_COLUMNS = ("emotion", "pixels")

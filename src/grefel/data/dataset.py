@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from grefel.labels import NUM_CLASSES
 from grefel.data.votes import MULTI_TARGET_EPSILON, NUM_VOTE_COLUMNS
+from grefel.labels import NUM_CLASSES
 
 
 @dataclass

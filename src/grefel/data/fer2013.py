@@ -10,20 +10,18 @@ from __future__ import annotations
 import contextlib
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 
-from grefel.errors import DataError
-from grefel.labels import CANONICAL_CLASSES, FER2013_ORDER, FERPLUS_VOTE_COLUMNS, to_canonical
 from grefel.data.cache import Fingerprint, cached_raw
 from grefel.data.ferplus import parse_votes
 from grefel.data.images import FER_SIZE, parse_pixels
 from grefel.data.raw import BadRow, RawData, csv_rows, existing_file, parse_label_index
+from grefel.data.source import DataSource
 from grefel.data.votes import NUM_VOTE_COLUMNS
-
-if TYPE_CHECKING:
-    from grefel.data.source import DataSource
+from grefel.errors import DataError
+from grefel.labels import CANONICAL_CLASSES, FER2013_ORDER, FERPLUS_VOTE_COLUMNS, to_canonical
 
 USAGE_SPLITS = {"Training": "train", "PublicTest": "valid", "PrivateTest": "test"}
 FER2013_COLUMNS = ("emotion", "pixels", "Usage")

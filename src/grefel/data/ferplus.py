@@ -10,19 +10,17 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from grefel.errors import DataError
-from grefel.labels import CANONICAL_CLASSES, FERPLUS_VOTE_COLUMNS
 from grefel.data.cache import Fingerprint, cached_raw
 from grefel.data.images import FER_SIZE, load_images
 from grefel.data.raw import BadRow, RawData, csv_rows, existing_dir, stack_images
+from grefel.data.source import DataSource
 from grefel.data.votes import NUM_VOTE_COLUMNS
-
-if TYPE_CHECKING:
-    from grefel.data.source import DataSource
+from grefel.errors import DataError
+from grefel.labels import CANONICAL_CLASSES, FERPLUS_VOTE_COLUMNS
 
 SPLIT_FOLDERS = {"train": "FER2013Train", "valid": "FER2013Valid", "test": "FER2013Test"}
 LABEL_FIELDS = 2 + NUM_VOTE_COLUMNS

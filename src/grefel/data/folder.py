@@ -10,19 +10,15 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from grefel.errors import DataError
-from grefel.labels import CANONICAL_CLASSES, canonical_index, to_canonical
 from grefel.data.cache import Fingerprint, cached_raw
 from grefel.data.images import load_images
-from grefel.data.raw import (BadRow, RawData, csv_rows, existing_dir, existing_file, parse_label_index,
-                             stack_images)
-
-if TYPE_CHECKING:
-    from grefel.data.source import DataSource
+from grefel.data.raw import BadRow, RawData, csv_rows, existing_dir, existing_file, parse_label_index, stack_images
+from grefel.data.source import DataSource
+from grefel.errors import DataError
+from grefel.labels import CANONICAL_CLASSES, canonical_index, to_canonical
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLIT_DIRS = {"train": ("train",), "valid": ("valid", "val"), "test": ("test",)}

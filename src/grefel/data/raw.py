@@ -14,10 +14,10 @@ from typing import Iterator
 
 import numpy as np
 
-from grefel.errors import DataError
-from grefel.labels import NUM_CLASSES
 from grefel.data.images import ImageProblem
 from grefel.data.votes import NUM_VOTE_COLUMNS, votes_to_targets
+from grefel.errors import DataError
+from grefel.labels import NUM_CLASSES
 
 
 @dataclass

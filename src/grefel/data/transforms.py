@@ -18,15 +18,16 @@ which torch's DataLoader seeds per worker.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
 
-from grefel.errors import ConfigError
 from grefel.data.dataset import image_to_tensor
 from grefel.data.images import resize_square, to_color
+from grefel.errors import ConfigError
 
 ERASE_AREA = (0.02, 0.33)
 ERASE_LOG_RATIO = (math.log(0.3), math.log(3.3))
@@ -192,8 +193,6 @@ class AlbumentationsTrainTransform:
         self._seeded_pid: int | None = None
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        import os
-
         if self._seeded_pid != os.getpid():
             self.pipeline.set_random_seed(int(np.random.randint(2**31)))
             self._seeded_pid = os.getpid()

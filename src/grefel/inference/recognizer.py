@@ -9,18 +9,26 @@ what it saw in training.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
+import torch
 
+from grefel.data.cache import default_cache_dir
 from grefel.data.images import decode_image, resize_square
 from grefel.data.transforms import eval_transform
+from grefel.devices import resolve_device
 from grefel.errors import ConfigError, DataError
 from grefel.inference.faces import Face, FaceDetector, align_face
+from grefel.models.model_file import read_checkpoint_info, resolve_checkpoint
+from grefel.models.serving import ServingModel, served_tta_flip
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -78,58 +86,50 @@ class Recognizer:
         """`tta_flip`: average each face with its mirror (None: as the checkpoint was evaluated; False
         halves the classification time). `detect_size`: photos larger than this are shrunk to it (longest
         side, pixels) for detection only; a smaller value detects faster and misses more small faces."""
-        from grefel.checkpoint import read_model_checkpoint, resolve_checkpoint
-        from grefel.models.serving import served_tta_flip
-
         if backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         if batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive number of faces per batch, got {batch_size}")
         self.checkpoint = resolve_checkpoint(checkpoint)
-        _, self.info = read_model_checkpoint(self.checkpoint)
+        self.backend = backend
+        if backend == "torch":
+            # The model file is read once: ServingModel keeps its JSON as `.info`.
+            serving = ServingModel.from_checkpoint(self.checkpoint, tta_flip)
+            self.info, self.tta_flip = serving.info, serving.tta_flip
+            self._device = resolve_device(device)
+            self._model = serving.to(self._device).to(memory_format=torch.channels_last)
+        else:
+            self.info = read_checkpoint_info(self.checkpoint)
+            self.tta_flip = served_tta_flip(self.info, tta_flip)
+            self._session = self._onnx_session(onnx_path, device)
         self.classes: list[str] = list(self.info["class_names"])
         prep = self.info["preprocessing"]
         self.crop_size, self.color = int(prep["crop_size"]), prep["color"]
         self.transform = eval_transform(self.info["input"]["size"], self.info["input"]["channels"])
         self.batch_size = batch_size
-        self.tta_flip = served_tta_flip(self.info, tta_flip)
         self.detector = FaceDetector(score_threshold=score_threshold, min_face_size=min_face_size,
                                      max_side=detect_size) if detect else None
-        self.backend = backend
-        if backend == "torch":
-            self._model, self._device = self._torch_model(device)
-        else:
-            self._session = self._onnx_session(onnx_path, device)
 
     # ---- backends ---------------------------------------------------------------------------
 
-    def serving_model(self):
+    def serving_model(self) -> ServingModel:
         """The checkpoint as a ServingModel (eval mode): what both backends compute."""
-        from grefel.models.serving import ServingModel
-
+        if self.backend == "torch":
+            return self._model
         return ServingModel.from_checkpoint(self.checkpoint, self.tta_flip)
-
-    def _torch_model(self, device: str):
-        import torch
-
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device cuda: no CUDA device is available")
-        dev = torch.device(device)
-        return self.serving_model().to(dev).to(memory_format=torch.channels_last), dev
 
     def _onnx_session(self, onnx_path: str | os.PathLike | None, device: str):
         import onnxruntime as ort
 
         providers = ["CPUExecutionProvider"]
-        if device == "cuda":
+        if resolve_device(device).type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ConfigError("device cuda with backend onnx: this onnxruntime has no CUDAExecutionProvider "
                                   "(install onnxruntime-gpu)")
             providers.insert(0, "CUDAExecutionProvider")
         path = Path(onnx_path) if onnx_path else self._onnx_cache_path()
         if not path.is_file():
-            from grefel.export import export_checkpoint
-            export_checkpoint(self.checkpoint, path, tta_flip=self.tta_flip)
+            ServingModel.from_checkpoint(self.checkpoint, self.tta_flip).export_onnx(path)
         options = ort.SessionOptions()
         # By default the pool's threads spin after each run, taking the cores from the face detection that follows.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -143,11 +143,6 @@ class Recognizer:
         without touching the weights, so a file found by name could be stale. The
         key covers the weights and everything else the exported graph bakes in.
         """
-        import hashlib
-        import json
-
-        from grefel.data.cache import default_cache_dir
-
         weights = self.info.get("weights_sha256") or hashlib.sha256(self.checkpoint.read_bytes()).hexdigest()
         baked = {k: self.info.get(k) for k in ("preset", "model", "input", "serve", "temperature")}
         baked["tta_flip"] = self.tta_flip
@@ -167,8 +162,6 @@ class Recognizer:
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.backend == "onnx":
             return self._session.run(None, {"image": x})[0]
-        import torch
-
         with torch.inference_mode():
             t = torch.from_numpy(x).to(self._device).contiguous(memory_format=torch.channels_last)
             return self._model(t).float().cpu().numpy()
@@ -261,8 +254,6 @@ def _to(image: np.ndarray, color: str) -> np.ndarray:
 
 def video_frames(path: str | os.PathLike, every: int = 1) -> Iterator[tuple[int, np.ndarray]]:
     """(index, RGB frame) of every `every`-th frame, one frame in memory at a time."""
-    import warnings
-
     if every < 1:
         raise ConfigError(f"every: expected a positive frame step, got {every}")
     path = Path(path)

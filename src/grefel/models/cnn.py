@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from grefel.models.grefel import InputSpec
+from grefel.models.registry import ModelSpec, register_model
 from grefel.models.reliability import GReFELOutput
 from grefel.models.vgg import VGGBackbone
 
@@ -49,3 +50,9 @@ class PlainCNN(nn.Module):
 
     def feature_extractor_parameters(self) -> int:
         return sum(p.numel() for p in self.features.parameters())
+
+
+register_model(ModelSpec(
+    "cnn_baseline", PlainCNN, PlainCNNConfig, {},  # widths 32-256: grefel_vgg's image branch
+    "plain VGG-style CNN baseline (no landmarks, no reliability head), for comparison",
+))

@@ -18,6 +18,8 @@ from torch import nn
 
 from grefel.models.face_branch import face_branch
 from grefel.models.grefel import InputSpec, resample
+from grefel.models.pretrained import FACE
+from grefel.models.registry import ModelSpec, register_model
 from grefel.models.reliability import GReFELOutput
 
 
@@ -50,7 +52,7 @@ class FaceBaseline(nn.Module):
         return [self.face]
 
     def frozen_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """[the last frozen dlib map] of the un-augmented input (see grefel.frozen_cache)."""
+        """[the last frozen dlib map] of the un-augmented input (see grefel.engine.frozen_cache)."""
         self.input_spec.check(x)
         return self._frozen_maps(x)
 
@@ -70,3 +72,10 @@ class FaceBaseline(nn.Module):
 
     def feature_extractor_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters()) - sum(p.numel() for p in self.fc.parameters())
+
+
+register_model(ModelSpec(
+    "face_baseline", FaceBaseline, FaceBaselineConfig, {},
+    "dlib's face-recognition ResNet (stages 128/256 fine-tuned) + 2x2 pooling + linear: grefel_face's plain baseline",
+    pretrained={"face": FACE},
+))

@@ -3,7 +3,7 @@
 The frozen part (input normalisation, stem and the first `frozen_stages`
 stages) is a pure function of the un-augmented image, like the landmark
 network, so training computes its maps once per image and warps them with
-each augmentation (grefel.frozen_cache); the trainable stages continue from
+each augmentation (grefel.engine.frozen_cache); the trainable stages continue from
 those maps and learn at a lower rate (`optim.image_lr_scale`). The two parts
 are separate modules so that a model registers each once (`face` frozen,
 `image_backbone` trainable). Their submodule names follow DlibResNet (`stem`,

@@ -18,6 +18,8 @@ from grefel.errors import WeightsError
 from grefel.models.cross_attention import CrossAttentionBlock
 from grefel.models.grefel import LANDMARK_CHANNELS, FrozenLandmarks, GReFELBase, InputSpec, resample
 from grefel.models.layers import Block, init_transformer_weights
+from grefel.models.pretrained import LANDMARKS, VIT
+from grefel.models.registry import ModelSpec, register_model
 
 
 @dataclass
@@ -136,3 +138,10 @@ def _resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
     patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2)
     patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
     return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1)], 1)
+
+
+register_model(ModelSpec(
+    "grefel_vit", GReFELViT, GReFELViTConfig, {},
+    "classic GReFEL scripts: ViT-Base/16 image backbone queried by the landmark maps",
+    pretrained={"landmarks": LANDMARKS, "vit": VIT},
+))

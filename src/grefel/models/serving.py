@@ -15,10 +15,10 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from grefel.fileio import atomic_open
+from grefel.models.factory import build_from_checkpoint
 from grefel.models.mobilefacenet import ConvBlock
+from grefel.models.model_file import SERVE_CHOICES
 from grefel.models.reliability import EPS
-
-SERVE_CHOICES = ("primary", "corrected")
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -66,9 +66,8 @@ class ServingModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, tta_flip: bool | None = None) -> "ServingModel":
-        """The checkpoint's model with its served prediction and temperature; `.info` holds its JSON."""
-        from grefel.checkpoint import build_from_checkpoint
-
+        """The checkpoint's model with its served prediction and temperature, the file read once;
+        `.info` holds its JSON."""
         model, info = build_from_checkpoint(path)
         serving = cls(model, info["serve"], float(info["temperature"]), served_tta_flip(info, tta_flip))
         serving.info = info
@@ -88,14 +87,18 @@ class ServingModel(nn.Module):
             logits = dist.clamp_min(EPS).log()
         return F.softmax(logits / self.temperature, dim=-1)
 
-
-def export_onnx(serving: ServingModel, path: str | Path, input_shape: tuple[int, int, int, int],
-                opset: int = 17) -> None:
-    """Write `serving` as ONNX with a dynamic batch axis, atomically."""
-    example = torch.rand(*input_shape)
-    with atomic_open(path, "wb") as handle, torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns about every Python-level shape check; the shapes are fixed per preset.
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(serving, (example,), handle, dynamo=False, opset_version=opset,
-                          input_names=["image"], output_names=["probabilities"],
-                          dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+    def export_onnx(self, path: str | Path, input_shape: tuple[int, int, int, int] | None = None,
+                    opset: int = 17) -> Path:
+        """Write this model as ONNX (input `image`, output `probabilities`, dynamic batch), atomically.
+        `input_shape` defaults to a batch of 2 at the checkpoint's input size."""
+        if input_shape is None:
+            cfg = self.model.config
+            input_shape = (2, cfg.in_chans, cfg.input_size, cfg.input_size)
+        example = torch.rand(*input_shape)
+        with atomic_open(path, "wb") as handle, torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns about every Python-level shape check; the shapes are fixed per preset.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(self, (example,), handle, dynamo=False, opset_version=opset,
+                              input_names=["image"], output_names=["probabilities"],
+                              dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}})
+        return Path(path)

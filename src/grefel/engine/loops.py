@@ -1,8 +1,8 @@
 """The training and evaluation loops, in the torchvision-references style.
 
 `train_one_epoch` and `evaluate` are plain functions over a model, a loader
-and the objects they step; `grefel.training` wires them to configs, outputs
-and checkpoints.
+and the objects they step; `grefel.training` wires them to configs, run
+folders and checkpoints.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from grefel.distributed import DistInfo, all_reduce_sum, gather_objects
+from grefel.engine.distributed import DistInfo, all_reduce_sum, gather_objects
+from grefel.engine.frozen_cache import FrozenMapCache
+from grefel.engine.losses import GReFELLoss
+from grefel.engine.optim import SAM
 from grefel.errors import GrefelError
-from grefel.frozen_cache import FrozenMapCache
-from grefel.losses import GReFELLoss
 from grefel.metrics import classification_report, nll
-from grefel.optim import SAM
 
 AMP_MODES = ("off", "bf16", "fp16")
 
@@ -153,7 +153,8 @@ class Predictions:
 
 @torch.no_grad()
 def predict(model: nn.Module, loader, *, device: torch.device, amp: Amp, tta_flip: bool = False,
-            info: DistInfo = DistInfo(), frozen_cache: FrozenMapCache | None = None) -> Predictions:
+            info: DistInfo = DistInfo(), frozen_cache: FrozenMapCache | None = None,
+            on_batch: Callable[[], None] | None = None) -> Predictions:
     """Eval-mode outputs for every sample of `loader`'s dataset, gathered from all ranks.
 
     `tta_flip` averages each image with its mirror: logits for the primary
@@ -180,6 +181,8 @@ def predict(model: nn.Module, loader, *, device: torch.device, amp: Amp, tta_fli
         for key, value in (("index", batch["index"]), ("label", label), ("logits", logits),
                            ("primary", primary), ("corrected", corrected)):
             parts[key].append(value.cpu().numpy())
+        if on_batch is not None:
+            on_batch()
     local = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in parts.items()}
     merged = {k: np.concatenate([g[k] for g in gather_objects(local, info) if len(g[k])]) for k in local}
     order = np.argsort(merged["index"], kind="stable")

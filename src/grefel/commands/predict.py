@@ -13,17 +13,20 @@ import argparse
 import math
 import sys
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, TextIO
+from typing import TYPE_CHECKING, Iterator
 
+from grefel.commands.options import add_device_argument
 from grefel.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import numpy as np
 
     from grefel.inference.recognizer import ImageResult
+    from grefel.progress import Progress
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="faces classified together (default 32)")
     parser.add_argument("--min-face-size", type=int, default=0, help="ignore faces smaller than this (pixels)")
     parser.add_argument("--score-threshold", type=float, default=0.7, help="face detector score (default 0.7)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_device_argument(parser)
     parser.add_argument("--backend", default="torch", help="torch or onnx (exported once, then cached)")
     parser.add_argument("--no-detect", action="store_true", help="each image is already a cropped face")
     parser.add_argument("--detect-size", type=int, default=1280, metavar="PX",
@@ -156,44 +159,10 @@ class Tally:
         return ", ".join(parts) + f", {seconds:.2f} s" + (f" -> {output}" if output else "")
 
 
-class Progress:
-    """A tqdm bar when stderr is a terminal; otherwise (logs, CI) a plain line at most every `period` seconds."""
-
-    def __init__(self, total: int, period: float = 10.0):
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True) if sys.stderr.isatty() else None
-        self.total, self.done, self.period = total, 0, period
-        self.start = self.last = time.monotonic()
-
-    def update(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update()
-            return
-        now = time.monotonic()
-        if now - self.last >= self.period:
-            self.last = now
-            print(f"grefel predict: {self.done}/{self.total} images and frames "
-                  f"({self.done / (now - self.start):.1f}/s)", file=sys.stderr, flush=True)
-
-    def write(self, line: str, file: TextIO) -> None:
-        """Print without tearing the bar."""
-        if self.bar is not None:
-            self.bar.write(line, file=file)
-        else:
-            print(line, file=file, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
     from grefel.inference.output import Annotator, check_output_path, open_writer
     from grefel.inference.recognizer import Recognizer
+    from grefel.progress import Progress
 
     start = time.perf_counter()
     if args.every < 1:
@@ -208,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, tta_flip=args.tta_flip, detect_size=args.detect_size)
     videos = {i: video_info(job.path) for i, job in enumerate(jobs) if job.kind == "video"}
     progress = Progress(sum(1 for job in jobs if job.kind != "video")
-                        + sum(math.ceil(count / args.every) for count, _ in videos.values()))
+                        + sum(math.ceil(count / args.every) for count, _ in videos.values()),
+                        "grefel predict", unit="images and frames", period=10.0)
     # Annotated videos play the processed frames at the source rate over the step (25 fps when unknown).
     annotator = Annotator(targets, {i: (fps or 25.0) / args.every for i, (_, fps) in videos.items()})
     tally = Tally()

@@ -1,4 +1,4 @@
-"""Where a training run reports: metrics.csv, plots, console progress, Weights & Biases.
+"""Where a training run reports: metrics.csv, training curves, the console, Weights & Biases.
 
 Only rank 0 creates a `RunLogger`; other ranks report nothing.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from grefel.fileio import atomic_write_text
+from grefel.plots import plot_training_curves
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_loss_cls", "train_loss_anchor", "train_loss_center",
                   "train_acc", "val_loss", "val_acc", "val_mean_class_acc", "val_macro_f1", "val_ece",
@@ -47,33 +48,6 @@ def wandb_mode(requested: str) -> str:
     netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
     return "online" if has_key else "offline"
-
-
-class Progress:
-    """Per-step progress: a tqdm bar on a terminal, plain log lines every `every` steps otherwise."""
-
-    def __init__(self, total: int, desc: str, every: int = 20, stream=None):
-        self.stream = stream or sys.stdout
-        self.total, self.desc, self.every = total, desc, max(1, every)
-        self.count = 0
-        self.bar = None
-        if self.stream.isatty():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, file=self.stream, dynamic_ncols=True, leave=False)
-
-    def update(self, values: dict[str, float]) -> None:
-        self.count += 1
-        text = f"loss {values['loss']:.4f} acc {values['acc']:.3f} lr {values['lr']:.2e} " \
-               f"{values['images_per_s']:.0f} img/s"
-        if self.bar is not None:
-            self.bar.set_postfix_str(text, refresh=False)
-            self.bar.update(1)
-        elif self.count % self.every == 0 or self.count == self.total:
-            print(f"{self.desc} step {self.count}/{self.total} {text}", file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class RunLogger:
@@ -112,8 +86,6 @@ class RunLogger:
         write_metrics(self.metrics_path, self.rows)
 
     def log_epoch(self, row: dict[str, Any], report: dict[str, Any], preds_label, preds_served) -> None:
-        from grefel.metrics import plot_training_curves
-
         self.rows.append(row)
         write_metrics(self.metrics_path, self.rows)
         plot_training_curves(self.rows, self.plots / "training_curves.png")

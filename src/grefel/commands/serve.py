@@ -1,7 +1,7 @@
-"""`grefel serve`: the web page and REST API on uvicorn.
+"""`grefel serve`: the web page and REST API (grefel.serve.app) on uvicorn.
 
-Kept apart from `app.py` so `grefel --help` neither pays for nor needs
-FastAPI: the `serve` extra is imported only when the command runs.
+The `serve` extra (FastAPI, uvicorn) is imported only when the command runs, so
+`grefel --help` neither pays for nor needs it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import argparse
 import os
 import socket
 from typing import TYPE_CHECKING
+
+from grefel.errors import ConfigError
 
 if TYPE_CHECKING:
     import uvicorn
@@ -44,8 +46,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def listen(host: str, port: int) -> socket.socket:
     """Bind now, so a busy port is a one-line error rather than a server log and exit 1."""
-    from grefel.errors import ConfigError
-
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -57,8 +57,6 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
-    from grefel.errors import ConfigError
-
     try:
         from grefel.serve.app import ServeConfig, create_app
     except ImportError as exc:

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from grefel.commands.options import add_source_arguments, source_from_args
 from grefel.errors import DataError
-from grefel.data.source import add_source_arguments, source_from_args
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from grefel.data.source import load_dataset
+    from grefel.data import load_dataset
     from grefel.labels import CANONICAL_CLASSES
 
     dataset = load_dataset(source_from_args(args), args.split, args.label_mode)
@@ -42,8 +42,7 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from grefel.data.convert import convert_to_csv
-    from grefel.data.source import load_dataset
+    from grefel.data import convert_to_csv, load_dataset
 
     if args.limit is not None and args.limit < 1:
         raise DataError(f"--limit {args.limit}: expected a positive number of samples")

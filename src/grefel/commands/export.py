@@ -1,23 +1,8 @@
-"""`grefel export`: a checkpoint to ONNX (dynamic batch), calibrated probabilities out."""
+"""`grefel export`: a model file to ONNX (dynamic batch), calibrated probabilities out."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
-
-
-def export_checkpoint(checkpoint: str | os.PathLike | None, output: str | os.PathLike, opset: int = 17,
-                      tta_flip: bool | None = None) -> Path:
-    """Export the ServingModel of `checkpoint` (the shipped model when None) to `output`; `tta_flip`
-    None keeps the checkpoint's test-time flip setting."""
-    from grefel.checkpoint import resolve_checkpoint
-    from grefel.models.serving import ServingModel, export_onnx
-
-    serving = ServingModel.from_checkpoint(resolve_checkpoint(checkpoint), tta_flip)
-    size, channels = serving.info["input"]["size"], serving.info["input"]["channels"]
-    export_onnx(serving, output, (2, channels, size, size), opset=opset)
-    return Path(output)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +19,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    path = export_checkpoint(args.checkpoint, args.output, args.opset, args.tta_flip)
+    from grefel.models.model_file import resolve_checkpoint
+    from grefel.models.serving import ServingModel
+
+    path = ServingModel.from_checkpoint(resolve_checkpoint(args.checkpoint), args.tta_flip).export_onnx(
+        args.output, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -34,7 +34,6 @@ from grefel.data.cache import default_cache_dir
 from grefel.data.transforms import eval_transform
 from grefel.fileio import atomic_open
 
-
 # The config fields that change what frozen_maps computes (absent ones read as None).
 SIZE_FIELDS = ("input_size", "in_chans", "landmark_size", "branch_size", "landmark_branch", "image_backbone",
                "face_size", "face_frozen_stages")

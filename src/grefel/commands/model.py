@@ -1,0 +1,130 @@
+"""`grefel model ...`: the registered presets, their size, and the trained models at hand.
+
+    grefel model presets                      the registered presets
+    grefel model summary --preset NAME        parameters, input size and FLOPs of a preset, as JSON
+    grefel model list [DIR...]                the shipped model and the checkpoints under runs/ and outputs/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from grefel.errors import ConfigError, GrefelError
+
+DEFAULT_DIRS = ("runs", "outputs")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("model", help="model presets and trained models")
+    sub = parser.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    presets = sub.add_parser("presets", help="the registered presets")
+    presets.set_defaults(func=run_presets)
+    summary = sub.add_parser("summary", help="parameters, input size and GFLOPs of a preset, as JSON")
+    summary.add_argument("--preset", required=True, help="a registered preset, e.g. grefel_small")
+    summary.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a preset field, e.g. --set num_anchors=5")
+    summary.set_defaults(func=run_summary)
+    listing = sub.add_parser("list", help="the shipped model and local checkpoints with their validation metrics")
+    listing.add_argument("dirs", nargs="*", help=f"folders to search for checkpoints (default: {', '.join(DEFAULT_DIRS)} "
+                                                 "under the current folder, where present)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(func=run_list)
+
+
+def count_gflops(model, input_size: int, in_chans: int) -> float:
+    """Forward FLOPs of one image in eval mode, counted by torch's FlopCounterMode (multiply-add = 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.rand(1, in_chans, input_size, input_size))
+    return counter.get_total_flops() / 1e9
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    from grefel.config import parse_override
+    from grefel.models import create_model
+
+    overrides = {}
+    for text in args.set:
+        path, value = parse_override(text)
+        if len(path) != 1:
+            raise ConfigError(f"--set {text!r}: model fields are not nested")
+        overrides[path[0]] = value
+    model = create_model(args.preset, **overrides)
+    cfg = model.config
+    summary = {
+        "preset": args.preset,
+        "params_total": sum(p.numel() for p in model.parameters()),
+        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "params_feature_extractor": model.feature_extractor_parameters(),
+        "input_size": [cfg.in_chans, cfg.input_size, cfg.input_size],
+    }
+    gflops = count_gflops(model, cfg.input_size, cfg.in_chans)
+    # POSTER++ quotes multiply-accumulates (8.4 "GFLOPs" = 8.4 GMACs); we give both.
+    summary.update(gflops=round(gflops, 3), gmacs=round(gflops / 2, 3))
+    print(json.dumps(summary))
+    return 0
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from grefel.models import list_models, model_spec
+
+    for name in list_models():
+        print(f"{name:16s} {model_spec(name).description}")
+    return 0
+
+
+def describe(path: Path, origin: str) -> dict[str, Any] | None:
+    """One row for a checkpoint JSON, or None if the file is not a grefel model checkpoint."""
+    from grefel.models.model_file import CHECKPOINT_FORMAT
+
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
+        return None
+    weights = path.with_suffix(".safetensors")
+    valid = info.get("metrics", {}).get("valid", {})
+    return {"origin": origin, "path": str(weights), "preset": info.get("preset"),
+            "classes": len(info.get("class_names", [])), "accuracy": valid.get("accuracy"),
+            "mean_class_accuracy": valid.get("mean_class_accuracy"), "macro_f1": valid.get("macro_f1"),
+            "ece": valid.get("ece"), "temperature": info.get("temperature"),
+            "size_mb": round(weights.stat().st_size / 1e6, 1) if weights.is_file() else None,
+            "epoch": info.get("training", {}).get("epoch")}
+
+
+def find_checkpoints(dirs: list[str]) -> list[dict[str, Any]]:
+    from grefel.models.model_file import shipped_checkpoint
+
+    rows = []
+    shipped = shipped_checkpoint().with_suffix(".json")
+    if shipped.is_file() and (row := describe(shipped, "shipped")):
+        rows.append(row)
+    for directory in dirs or [d for d in DEFAULT_DIRS if Path(d).is_dir()]:
+        for path in sorted(Path(directory).rglob("*.json")):
+            if path.with_suffix(".safetensors").is_file() and (row := describe(path, "local")):
+                rows.append(row)
+    return rows
+
+
+def run_list(args: argparse.Namespace) -> int:
+    missing = [d for d in args.dirs if not Path(d).is_dir()]
+    if missing:
+        raise GrefelError(f"{missing[0]}: no such folder")
+    rows = find_checkpoints(args.dirs)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    print(f"{'origin':8} {'preset':14} {'acc':>7} {'mca':>7} {'F1':>7} {'ECE':>7} {'T':>6} {'MB':>6}  path")
+    for r in rows:
+        print(f"{r['origin']:8} {r['preset']:14} {fmt(r['accuracy']):>7} {fmt(r['mean_class_accuracy']):>7} "
+              f"{fmt(r['macro_f1']):>7} {fmt(r['ece']):>7} {r['temperature']:>6.3g} {r['size_mb'] or 0:>6}  {r['path']}")
+    return 0

@@ -1,0 +1,70 @@
+"""`create_model`: the one way to get a model, from a preset name, its pretrained sources or a model file.
+
+    create_model("grefel_face")                          # shipped pretrained parts (landmarks, dlib branch)
+    create_model("grefel_paper", pretrained={"ir50": "ir50.pth"})
+    create_model(checkpoint="runs/x/checkpoints/best.safetensors")   # a trained model, eval mode
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from torch import nn
+
+from grefel.errors import ConfigError
+from grefel.models.model_file import checkpoint_paths, load_strict, read_model_checkpoint
+from grefel.models.pretrained import apply_pretrained
+from grefel.models.registry import model_config, model_spec
+
+
+def _build(name: str, overrides: dict[str, Any]) -> nn.Module:
+    spec = model_spec(name)
+    config = model_config(name, **overrides)
+    try:
+        return spec.build(config, name)
+    except (ValueError, RuntimeError) as exc:  # sizes the layers cannot take: negative, not divisible, ...
+        raise ConfigError(f"model {name}: cannot be built with this configuration ({str(exc).splitlines()[0]})") from None
+
+
+def build_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a model file describes, with its weights (strict), in eval mode, and the file's info:
+    the file is read once."""
+    tensors, info = read_model_checkpoint(path)
+    try:
+        model = _build(info["preset"], info["model"])
+    except ConfigError as exc:  # e.g. sizes the layers cannot take
+        raise ConfigError(f"{checkpoint_paths(path).with_suffix('.json')}: {exc}") from None
+    load_strict(model, tensors, checkpoint_paths(path).with_suffix(".safetensors"))
+    return model.eval(), info
+
+
+def create_model(name: str | None = None, *, pretrained: bool | Mapping[str, str | Path | None] = True,
+                 checkpoint: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
+                 **overrides: Any) -> nn.Module:
+    """Build preset `name` with `overrides` of its config.
+
+    `pretrained`: True fills every part that has a shipped default (the frozen landmark network, the dlib
+    face branch); False leaves all as initialised; a mapping {slot: file} fills those slots from those
+    files (see grefel.models.pretrained). `checkpoint`: a model file; without `name` the model it
+    describes is returned as saved (eval mode); with `name` that preset is built with `overrides` and
+    the file's weights are loaded into it strictly (it must be a file of the same preset and classes),
+    e.g. to start a run from a trained model.
+    """
+    if checkpoint is not None:
+        if name is None:
+            return build_from_checkpoint(checkpoint)[0]
+        tensors, info = read_model_checkpoint(checkpoint)
+        model = _build(name, overrides)
+        classes = model.config.num_classes
+        if info["preset"] != name or info["model"].get("num_classes") != classes:
+            raise ConfigError(f"{checkpoint}: a {info['preset']} checkpoint with {info['model'].get('num_classes')} "
+                              f"classes cannot start a {name} run with {classes} classes")
+        load_strict(model, tensors, checkpoint)
+        return model
+    if name is None:
+        raise ConfigError("create_model needs a preset name or a checkpoint")
+    model = _build(name, overrides)
+    apply_pretrained(name, model, model_spec(name).pretrained, pretrained, log)
+    return model
