@@ -13,11 +13,11 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from grefel.serve.cli import listen, make_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import PHOTOS_DIR
+from grefel.commands.serve import listen, make_server
 from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES
 from grefel.serve.app import ServeConfig, create_app
