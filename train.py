@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_classes", type=int, default=8)
     parser.add_argument("--num_anchors", type=int, default=10)
     parser.add_argument("--model", default="grefel_vit", help="model preset (default grefel_vit; see `grefel model list`)")
+    parser.add_argument("--skip_bad", "--skip-bad", action="store_true",
+                        help="skip bad CSV rows (counted in the run's data summary) instead of failing")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output_dir")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --output_dir")
     return parser
@@ -39,12 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from grefel.errors import GrefelError
+    from grefel.models import model_config
     from grefel.training import load_config, train
 
+    try:
+        # Seed flags a preset has no field for (cnn_baseline has no anchors) are left out, not refused.
+        fields = vars(model_config(args.model))
+    except GrefelError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
+    model_args = {k: v for k, v in (("num_classes", args.num_classes), ("num_anchors", args.num_anchors))
+                  if k in fields}
     extra = {
         "model": args.model,
-        "model_args": {"num_classes": args.num_classes, "num_anchors": args.num_anchors},
+        "model_args": model_args,
         "data.source.format": "csv", "data.train_csv": args.train_csv, "data.val_csv": args.val_csv,
+        "data.source.skip_bad": args.skip_bad,
         "batch_size": args.batch_size, "num_workers": args.num_workers, "epochs": args.epochs,
         "optim.lr": args.lr, "optim.weight_decay": args.weight_decay, "wandb": "auto",
     }

@@ -25,6 +25,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=3e-4 --set data.label_mode=crossentropy")
     parser.add_argument("--data-root", help="dataset root (sets data.source.root)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip bad rows of the data (counted in `dropped`) instead of failing "
+                             "(sets data.source.skip_bad)")
     parser.add_argument("--output-dir", required=True, help="run directory (created)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
@@ -46,10 +49,21 @@ def run_train_command(args: argparse.Namespace) -> int:
             extra[key] = getattr(args, key)
     if args.deterministic:
         extra["deterministic"] = True
+    if args.skip_bad:
+        extra["data.source.skip_bad"] = True
     from grefel.training import load_config, train
 
     cfg = load_config(args.config, args.set, extra)
-    command = " ".join(shlex.quote(a) for a in ["grefel"] + sys.argv[1:]) if sys.argv[0].endswith("grefel") \
-        else " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name] + sys.argv[1:])
-    train(cfg, Path(args.output_dir), resume=args.resume, overwrite=args.overwrite, command=command)
+    program = Path(sys.argv[0]).name
+    program = "grefel" if program in ("grefel", "__main__.py") else program    # python -m grefel is grefel too
+    command = " ".join(shlex.quote(a) for a in [program] + sys.argv[1:])
+    try:
+        train(cfg, Path(args.output_dir), resume=args.resume, overwrite=args.overwrite, command=command)
+    except KeyboardInterrupt:
+        if (Path(args.output_dir) / "checkpoints" / "last.json").exists():
+            again = [a for a in shlex.split(command) if a != "--overwrite"]
+            again += [] if "--resume" in again else ["--resume"]
+            print(f"grefel train: interrupted; the last finished epoch is saved, continue with:\n  "
+                  f"{' '.join(shlex.quote(a) for a in again)}", file=sys.stderr)
+        raise
     return 0

@@ -112,7 +112,8 @@ def build_targets(raw: RawData, label_mode: str, skip_bad: bool) -> tuple[np.nda
     """Apply bad-row policy and the label mode: (kept row indices, (K, 8) targets, dropped counts)."""
     if raw.bad and not skip_bad:
         first = min(raw.bad, key=lambda b: b.line)
-        raise DataError(f"{first.message} (pass --skip-bad / skip_bad=True to skip bad rows)")
+        raise DataError(f"{first.message} (pass --skip-bad, or data.source.skip_bad / skip_bad=True, "
+                        f"to skip bad rows)")
     dropped = Counter(raw.dropped)
     dropped.update(b.reason for b in raw.bad)
     if raw.votes is not None:
