@@ -76,7 +76,7 @@ def cpu_seconds(pid: int) -> float:
 def start_server(threads: int, log: Path) -> tuple[subprocess.Popen, str]:
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "grefel", "serve", "--port", "0",
-                                 "--workers-threads", str(threads)], stdout=out, stderr=subprocess.STDOUT)
+                                 "--threads", str(threads)], stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not (match := re.search(r"(http://127\.0\.0\.1:\d+)/", log.read_text())):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -180,7 +180,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--server-threads", type=int, default=1, help="grefel serve --workers-threads")
+    parser.add_argument("--server-threads", type=int, default=1, help="grefel serve --threads")
     parser.add_argument("--bad-share", type=float, default=0.15, help="share of bad requests (default 0.15)")
     parser.add_argument("--slow-clients", type=int, default=8, help="good requests whose body trickles in over ~2 s")
     parser.add_argument("--ferplus-crops", type=int, default=4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 import socket
 import struct
 import threading
@@ -18,10 +20,10 @@ from hypothesis import strategies as st
 
 from conftest import PHOTOS_DIR
 from grefel.commands.serve import listen, make_server
+from grefel.data.headers import image_dimensions
 from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES
 from grefel.serve.app import ServeConfig, create_app
-from grefel.serve.headers import image_dimensions
 
 BODY_TIMEOUT_S = 1.0
 BOUNDARY = "grefeltestboundary"
@@ -114,6 +116,41 @@ def test_predict_cat_no_face(client: httpx.Client, photos: dict[str, bytes]) -> 
     assert response.json()["faces"] == [] and response.json()["width"] == 451
 
 
+def test_raw_image_body_and_formats_of_phones(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    """A raw body answers as a multipart upload does; TIFF and HEIC are read like PNG (one list of formats)."""
+    import pillow_heif
+    from PIL import Image
+
+    form = predict(client, photos["astronaut.png"]).json()
+    raw = client.post("/predict", content=photos["astronaut.png"], headers={"content-type": "image/png"}).json()
+    assert [f["label"] for f in raw["faces"]] == [f["label"] for f in form["faces"]] and raw["width"] == 512
+    image = Image.open(io.BytesIO(photos["astronaut.png"])).convert("RGB")
+    for fmt in ("TIFF", "HEIF"):
+        buffer = io.BytesIO()
+        (pillow_heif.from_pillow(image).save(buffer, quality=90) if fmt == "HEIF" else image.save(buffer, fmt))
+        body = predict(client, buffer.getvalue(), f"photo.{fmt.lower()}").json()
+        assert len(body["faces"]) == 1 and body["faces"][0]["label"] == form["faces"][0]["label"], fmt
+
+
+def test_batch_endpoint_answers_per_image(client: httpx.Client, photos: dict[str, bytes]) -> None:
+    files = [("file", ("a.png", photos["astronaut.png"])), ("file", ("notes.txt", b"not a photo")),
+             ("file", ("c.png", photos["chelsea.png"]))]
+    body = client.post("/predict/batch", files=files).json()
+    assert [r["file"] for r in body["results"]] == ["a.png", "notes.txt", "c.png"]
+    assert len(body["results"][0]["faces"]) == 1 and body["results"][2]["faces"] == []
+    assert "not a decodable image" in body["results"][1]["error"] and body["classes"] == list(CANONICAL_CLASSES)
+    many = client.post("/predict/batch", files=[("file", ("a.png", b"x"))] * 33)
+    assert many.status_code == 413 and "at most 32" in many.json()["detail"]
+
+
+def test_favicon_and_accepted_formats_on_the_page(client: httpx.Client) -> None:
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    page = client.get("/").text
+    accept = re.search(r'accept="([^"]+)"', page).group(1).split(",")
+    assert {"image/png", "image/jpeg", "image/tiff", "image/heic", ".heic"} <= set(accept)
+
+
 def _send_raw(url: str, head: bytes, body: bytes, *, wait_s: float = 0.0, hang_up: bool = False) -> bytes:
     """Send a request over a bare socket (httpx cannot cut a body short); return the raw response.
 
@@ -139,24 +176,27 @@ def _head(length: int, *extra: str) -> bytes:
 
 BAD_REQUESTS = {
     # name: (request kwargs for httpx, expected status, words the message must contain)
-    "over 11 MB": (lambda p: {"files": {"file": ("big.png", p["astronaut.png"] + bytes(11_000_000))}},
+    "over 51 MB": (lambda p: {"files": {"file": ("big.png", p["astronaut.png"] + bytes(53_000_000))}},
                    413, "upload limit"),
-    "over 11 MB, chunked": (lambda p: {"content": iter([multipart(bytes(11_000_000))]), "headers": MULTIPART},
+    "over 51 MB, chunked": (lambda p: {"content": iter([multipart(bytes(53_000_000))]), "headers": MULTIPART},
                             413, "upload limit"),
     "text file": (lambda p: {"files": {"file": ("notes.txt", b"not an image at all\n" * 50)}},
                   400, "not a decodable image"),
     "truncated png": (lambda p: {"files": {"file": ("cut.png", p["astronaut.png"][:40_000])}},
                       400, "not a decodable image"),
     "bomb 60000x60000": (lambda p: {"files": {"file": ("bomb.png", png_declaring(60000, 60000))}},
-                         400, "60000x60000"),
+                         400, "too large to analyse: 60000 x 60000 pixels"),
     "truncated multipart": (lambda p: {"content": multipart(p["astronaut.png"])[:-30], "headers": MULTIPART},
                             400, "truncated multipart"),
     "missing field": (lambda p: {"content": multipart(p["astronaut.png"], field="image"), "headers": MULTIPART},
                       422, "missing form field"),
     "two file fields": (lambda p: {"content": multipart(p["astronaut.png"], copies=2), "headers": MULTIPART},
                         400, "more than one"),
-    "not multipart": (lambda p: {"content": p["astronaut.png"], "headers": {"content-type": "image/png"}},
-                      400, "multipart/form-data"),
+    "neither an image nor multipart": (lambda p: {"content": b"hello", "headers": {"content-type": "text/plain"}},
+                                       400, "multipart/form-data"),
+    "empty image body": (lambda p: {"content": b"", "headers": {"content-type": "image/png"}}, 422, "empty body"),
+    "bomb in a raw body": (lambda p: {"content": png_declaring(30000, 30000), "headers": {"content-type": "image/png"}},
+                           400, "too large to analyse"),
 }
 
 

@@ -11,6 +11,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from grefel.data.headers import MAX_PIXELS, MAX_UPLOAD_MB
 from grefel.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,12 +29,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--checkpoint", help="X.safetensors (with X.json); default: the shipped model")
-    parser.add_argument("--max-upload-mb", type=float, default=10.0,
-                        help="largest request body in MiB; larger gets 413 (default 10)")
-    parser.add_argument("--max-pixels", type=int, default=40_000_000,
-                        help="largest width x height an image header may declare; larger gets 400 "
-                             "before decoding (default 40000000)")
-    parser.add_argument("--workers-threads", type=int, default=1, metavar="N",
+    parser.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_MB,
+                        help="largest request body in MiB; larger gets 413 (default 50: a 48 MP phone photo "
+                             "is 10-25 MB)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="largest width x height an image header may declare (a decompression-bomb "
+                             "limit); larger gets 400 before decoding (default 120000000)")
+    parser.add_argument("--threads", type=int, default=1, metavar="N",
                         help="inference threads, each with its own model copy; the cores are split between them "
                              "(default 1: on 2 cores, 2 or 4 threads measured no more requests per CPU second "
                              "and each adds about 55 MB)")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit_concurrency < 1:
         raise ConfigError(f"--limit-concurrency {args.limit_concurrency}: expected at least 1")
     config = ServeConfig(checkpoint=args.checkpoint, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
-                         worker_threads=args.workers_threads, body_timeout_s=args.body_timeout)
+                         worker_threads=args.threads, body_timeout_s=args.body_timeout)
     sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once
     _share_cores(config.worker_threads)
     server = make_server(create_app(config), args.limit_concurrency)

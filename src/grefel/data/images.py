@@ -6,15 +6,20 @@ cores decode the 28k FERPlus PNGs about twice as fast as one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
+import pillow_heif
 
+from grefel.data.headers import is_heif
 from grefel.errors import DataError
 
 FER_SIZE = 48
@@ -34,10 +39,39 @@ class ImageProblem(Exception):
         self.reason = reason
 
 
+@contextlib.contextmanager
+def native_stderr_without_libpng() -> Iterator[None]:
+    """Hold back what C code writes to stderr meanwhile, and pass it on without libpng's own error lines:
+    a corrupt PNG is reported once, by grefel, naming the file. Process-wide (file descriptor 2), so it
+    wraps whole decoding steps, not single images on a server's threads."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if not line.startswith(("libpng error:", "libpng warning:"))]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def decode_image(data: bytes, color: str) -> np.ndarray | None:
     """Decode encoded image bytes to uint8 (H, W) grey or (H, W, 3) RGB; None if undecodable."""
     if not data:  # cv2.imdecode asserts on an empty buffer (a zero-byte file)
         return None
+    if is_heif(data):
+        try:
+            rgb = np.asarray(pillow_heif.open_heif(data, convert_hdr_to_8bit=True).to_pillow().convert("RGB"))
+        except (ValueError, RuntimeError):
+            return None
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if color == "grey" else np.ascontiguousarray(rgb)
     buf = np.frombuffer(data, np.uint8)
     if color == "grey":
         return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
@@ -103,11 +137,12 @@ def load_images(paths: Sequence[Path], color: str, *, size: int | None = None,
     """
     chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     workers = max(1, min(4, os.cpu_count() or 1, len(chunks)))
-    if workers == 1:
-        results = [_load_chunk(c, color, size, expect) for c in chunks]
-    else:
-        with ThreadPoolExecutor(workers, thread_name_prefix="grefel-decode") as pool:
-            results = list(pool.map(lambda c: _load_chunk(c, color, size, expect), chunks))
+    with native_stderr_without_libpng():
+        if workers == 1:
+            results = [_load_chunk(c, color, size, expect) for c in chunks]
+        else:
+            with ThreadPoolExecutor(workers, thread_name_prefix="grefel-decode") as pool:
+                results = list(pool.map(lambda c: _load_chunk(c, color, size, expect), chunks))
     return [item for chunk in results for item in chunk]
 
 

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from grefel.data.cache import default_cache_dir
-from grefel.data.images import decode_image, resize_square
+from grefel.data.headers import EXTENSIONS, MAX_PIXELS, check_photo
+from grefel.data.images import decode_image, native_stderr_without_libpng, resize_square
 from grefel.data.transforms import eval_transform
 from grefel.devices import resolve_device
 from grefel.errors import ConfigError, DataError
@@ -30,7 +31,7 @@ from grefel.inference.faces import Face, FaceDetector, align_face
 from grefel.models.model_file import read_checkpoint_info, resolve_checkpoint
 from grefel.models.serving import ServingModel, served_tta_flip
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = EXTENSIONS
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 BACKENDS = ("torch", "onnx")
 
@@ -57,8 +58,9 @@ class ImageResult:
         return asdict(self)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB uint8 (H, W, 3); DataError naming the file if it cannot be read or decoded."""
+def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 (H, W, 3); DataError naming the file if it cannot be read or decoded, is not a format
+    grefel reads, or declares more than `max_pixels` (checked before decoding: no decompression bombs)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -66,7 +68,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{path}: no such file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    image = decode_image(data, "rgb")
+    try:
+        check_photo(data, max_pixels)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    with native_stderr_without_libpng():
+        image = decode_image(data, "rgb")
     if image is None:
         raise DataError(f"{path}: not a decodable image")
     return image

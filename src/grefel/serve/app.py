@@ -1,7 +1,7 @@
-"""The FastAPI app behind `grefel serve`: the web page, POST /predict and GET /health.
+"""The FastAPI app behind `grefel serve`: the web page, POST /predict, POST /predict/batch and GET /health.
 
-Every request body is read by `upload.read_file_field` (size and time bounded)
-and sized by `headers.image_dimensions` before a pixel is decoded; decoding and
+Every request body is read by `upload.read_images` (size and time bounded)
+and sized by `grefel.data.headers.check_photo` before a pixel is decoded; decoding and
 inference run on a small thread pool, one Recognizer per thread (Recognizer and
 its cv2 face detector are not thread-safe), so the event loop keeps accepting
 and rejecting requests while photos are analysed.
@@ -19,22 +19,27 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
+from grefel.data.headers import MAX_PIXELS, MAX_UPLOAD_MB, MIME_TYPES, SUPPORTED, check_photo
 from grefel.data.images import decode_image
 from grefel.errors import ConfigError, DataError
 from grefel.inference.recognizer import ImageResult, Recognizer
-from grefel.serve.headers import image_dimensions
-from grefel.serve.upload import UploadError, read_file_field
+from grefel.serve.upload import UploadError, read_images
 
 FILE_FIELD = "file"
+MAX_BATCH = 32                          # images in one /predict/batch request
+# A face in a circle, drawn inline: the page needs nothing from outside this server.
+FAVICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64"><circle cx="32" cy="32" r="29" '
+           'fill="#2f6fde"/><circle cx="22" cy="26" r="4" fill="#fff"/><circle cx="42" cy="26" r="4" fill="#fff"/>'
+           '<path d="M19 40 q13 12 26 0" stroke="#fff" stroke-width="4" fill="none" stroke-linecap="round"/></svg>')
 
 
 @dataclass
 class ServeConfig:
     checkpoint: str | None = None       # None: the shipped model
-    max_upload_mb: float = 10.0         # whole request body, in MiB
-    max_pixels: int = 40_000_000        # declared width x height; bounds decode memory (3 bytes a pixel)
+    max_upload_mb: float = MAX_UPLOAD_MB  # whole request body, in MiB
+    max_pixels: int = MAX_PIXELS        # declared width x height; bounds decode memory (3 bytes a pixel)
     worker_threads: int = 1             # Recognizers, each on its own thread
     body_timeout_s: float = 60.0        # a client slower than this holds a connection for nothing
 
@@ -65,7 +70,7 @@ class RecognizerPool:
         start = time.perf_counter()
         image = decode_image(data, "rgb")                          # (H, W, 3) uint8
         if image is None:
-            raise DataError("not a decodable image (corrupt or truncated data)")
+            raise DataError(f"not a decodable image: the file is damaged or cut short (expected {SUPPORTED})")
         recognizer = self._idle.get()
         try:
             result = recognizer.predict(image)
@@ -90,7 +95,9 @@ def _model_info(recognizer: Recognizer) -> dict[str, Any]:
 
 
 def _index_html() -> str:
-    return (resources.files("grefel.serve") / "static" / "index.html").read_text(encoding="utf-8")
+    page = (resources.files("grefel.serve") / "static" / "index.html").read_text(encoding="utf-8")
+    return page.replace("{{ACCEPT}}", ",".join(MIME_TYPES) + "," + ",".join(
+        ext for ext in (".heic", ".heif", ".tif", ".tiff")))  # browsers give HEIC no MIME type of their own
 
 
 def create_app(config: ServeConfig, pool: RecognizerPool | None = None) -> FastAPI:
@@ -103,7 +110,8 @@ def create_app(config: ServeConfig, pool: RecognizerPool | None = None) -> FastA
         yield
         pool.close()
 
-    # /docs would load Swagger UI from a CDN; the server stays offline, /openapi.json describes the API.
+    # /docs would load Swagger UI's scripts from a CDN, and neither FastAPI nor its dependencies carry them, so an
+    # offline server cannot show that page; /openapi.json describes the API (README, "Serve").
     app = FastAPI(title="grefel", lifespan=lifespan, docs_url=None, redoc_url=None)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -114,24 +122,53 @@ def create_app(config: ServeConfig, pool: RecognizerPool | None = None) -> FastA
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": pool.model_info}
 
-    @app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
-        "schema": {"type": "object", "required": [FILE_FIELD],
-                   "properties": {FILE_FIELD: {"type": "string", "format": "binary"}}}}}}})
+    @app.get("/favicon.ico", include_in_schema=False)
+    @app.get("/favicon.svg", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+    async def analyse(data: bytearray) -> dict[str, Any]:
+        check_photo(data, config.max_pixels)
+        result, seconds = await pool.predict(data)
+        return {"width": result.width, "height": result.height, "faces": result.to_dict()["faces"],
+                "seconds": round(seconds, 4)}
+
+    image_body = {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": [FILE_FIELD],
+                                           "properties": {FILE_FIELD: {"type": "string", "format": "binary"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}}}}
+
+    @app.post("/predict", openapi_extra={"requestBody": image_body})
     async def predict(request: Request) -> dict[str, Any]:
-        """Faces in the uploaded image, each with box, label, confidence and calibrated probabilities."""
+        """Faces in the uploaded image (the raw body, or form field `file`), each with box, label, confidence
+        and calibrated probabilities."""
         try:
-            data = await read_file_field(request, FILE_FIELD, config.max_bytes, config.body_timeout_s)
-            kind, width, height = image_dimensions(data)
-            if width * height > config.max_pixels:
-                raise DataError(f"{kind} image declares {width}x{height} = {width * height} pixels, over the "
-                                f"{config.max_pixels}-pixel limit")
-            result, seconds = await pool.predict(data)
+            (_, data), = await read_images(request, FILE_FIELD, config.max_bytes, config.body_timeout_s)
+            answer = await analyse(data)
         except UploadError as exc:
             raise HTTPException(exc.status, str(exc)) from None
         except DataError as exc:
             raise HTTPException(400, str(exc)) from None
-        return {"width": result.width, "height": result.height,
-                "faces": result.to_dict()["faces"], "classes": pool.classes,
-                "model": pool.model_info, "seconds": round(seconds, 4)}
+        return {**answer, "classes": pool.classes, "model": pool.model_info}
+
+    @app.post("/predict/batch", openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": [FILE_FIELD], "properties": {
+            FILE_FIELD: {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}})
+    async def predict_batch(request: Request) -> dict[str, Any]:
+        """Several images (repeated form field `file`, at most 32) in one request: a result per image, in
+        order; an image that cannot be analysed gets an `error` instead of failing the others."""
+        try:
+            parts = await read_images(request, FILE_FIELD, config.max_bytes, config.body_timeout_s, many=True)
+        except UploadError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        if len(parts) > MAX_BATCH:
+            raise HTTPException(413, f"{len(parts)} images in one request; send at most {MAX_BATCH}")
+        results = []
+        for name, data in parts:
+            try:
+                results.append({"file": name, **await analyse(data)})
+            except DataError as exc:
+                results.append({"file": name, "error": str(exc)})
+        return {"results": results, "classes": pool.classes, "model": pool.model_info}
 
     return app

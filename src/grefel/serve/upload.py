@@ -1,9 +1,12 @@
-"""Read one file field from a multipart body, bounded in size and time, without spooling.
+"""Read the uploaded images of a request, bounded in size and time, without spooling.
 
+A request sends its image either as the raw body (`Content-Type: image/...`) or
+as multipart form fields named `file` (several for the batch endpoint).
 FastAPI's `UploadFile` parses the whole body (to a temp file) before the
 endpoint runs and accepts a body cut off before its closing boundary. Here the
 body is counted as it streams, refused at the first byte over the limit, and
-only the wanted part is kept in memory (never more than the limit).
+only the wanted parts are kept in memory (never more than the limit). Messages
+are worded for the person who chose the file: the web page shows them as they are.
 """
 
 from __future__ import annotations
@@ -22,12 +25,17 @@ class UploadError(Exception):
         self.status = status
 
 
-class _FieldCollector:
-    """python-multipart callbacks that keep the data of the part named `field`."""
+def _mb(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MB"
 
-    def __init__(self, field: str) -> None:
+
+class _FieldCollector:
+    """python-multipart callbacks that keep the data (and file names) of the parts named `field`."""
+
+    def __init__(self, field: str, many: bool) -> None:
         self.field = field.encode()
-        self.data: bytearray | None = None
+        self.many = many
+        self.parts: list[tuple[str, bytearray]] = []
         self.complete = False
         self._header_name = bytearray()
         self._header_value = bytearray()
@@ -59,54 +67,72 @@ class _FieldCollector:
         _, options = parse_options_header(self._headers.get(b"content-disposition"))
         if options.get(b"name") != self.field:
             return
-        if self.data is not None:
-            raise UploadError(400, f"more than one {self.field.decode()!r} field; send one image")
-        self.data, self._capturing = bytearray(), True
+        if self.parts and not self.many:
+            raise UploadError(400, f"more than one {self.field.decode()!r} field; send one image "
+                                   f"(or several to /predict/batch)")
+        self.parts.append((options.get(b"filename", b"").decode(errors="replace"), bytearray()))
+        self._capturing = True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._capturing:
-            self.data += data[start:end]
+            self.parts[-1][1].extend(data[start:end])
 
     def _end(self) -> None:
         self.complete = True
 
 
-async def read_file_field(request: Request, field: str, max_bytes: int, timeout_s: float) -> bytearray:
-    """The bytes of form field `field`; UploadError (413, 408, 400 or 422) when the body is not acceptable."""
-    kind, params = parse_options_header(request.headers.get("content-type"))
-    boundary = params.get(b"boundary")
-    if kind != b"multipart/form-data" or not boundary:
-        raise UploadError(400, f"expected a multipart/form-data body with a {field!r} field")
+async def _stream(request: Request, max_bytes: int, timeout_s: float, sink) -> None:
+    """Feed the body to `sink` as it arrives, refusing it at the first byte over the limit or the deadline."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise UploadError(400, f"Content-Length {declared[:20]!r} is not a byte count")
         if int(declared) > max_bytes:
-            raise UploadError(413, f"body of {int(declared)} bytes is over the {max_bytes}-byte upload limit")
-    collector = _FieldCollector(field)
-    try:
-        parser = MultipartParser(boundary, collector.callbacks())
-    except ValueError as exc:  # FormParserError (a ValueError): boundary too long
-        raise UploadError(400, f"malformed multipart body ({exc})") from None
+            raise UploadError(413, f"this upload is {_mb(int(declared))}, over the {_mb(max_bytes)} upload limit")
 
     async def consume() -> None:
         received = 0
         async for chunk in request.stream():
             received += len(chunk)  # counted as it arrives: chunked bodies declare no length
             if received > max_bytes:
-                raise UploadError(413, f"body is over the {max_bytes}-byte upload limit")
-            parser.write(chunk)
+                raise UploadError(413, f"this upload is over the {_mb(max_bytes)} upload limit")
+            sink(chunk)
 
     try:
         await asyncio.wait_for(consume(), timeout_s)
     except asyncio.TimeoutError:
-        raise UploadError(408, f"body not received within {timeout_s:g} s") from None
-    except MultipartParseError as exc:
-        raise UploadError(400, f"malformed multipart body ({exc})") from None
+        raise UploadError(408, f"the upload did not arrive within {timeout_s:g} s") from None
     except ClientDisconnect:
         raise UploadError(400, "client disconnected before the body was complete") from None
+
+
+async def read_images(request: Request, field: str, max_bytes: int, timeout_s: float, *, many: bool = False
+                      ) -> list[tuple[str, bytearray]]:
+    """(file name, bytes) of each uploaded image: the raw body for `Content-Type: image/*` (or
+    application/octet-stream), else every multipart field `field` (one unless `many`). UploadError (413,
+    408, 400 or 422) when the body is not acceptable."""
+    kind, params = parse_options_header(request.headers.get("content-type"))
+    if kind.startswith(b"image/") or kind == b"application/octet-stream":
+        body = bytearray()
+        await _stream(request, max_bytes, timeout_s, body.extend)
+        if not body:
+            raise UploadError(422, "empty body: send the image's bytes")
+        return [("", body)]
+    boundary = params.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise UploadError(400, f"expected an image body (Content-Type image/...) or a multipart/form-data body "
+                               f"with a {field!r} field")
+    collector = _FieldCollector(field, many)
+    try:
+        parser = MultipartParser(boundary, collector.callbacks())
+    except ValueError as exc:  # FormParserError (a ValueError): boundary too long
+        raise UploadError(400, f"malformed multipart body ({exc})") from None
+    try:
+        await _stream(request, max_bytes, timeout_s, parser.write)
+    except MultipartParseError as exc:
+        raise UploadError(400, f"malformed multipart body ({exc})") from None
     if not collector.complete:
         raise UploadError(400, "truncated multipart body (no closing boundary)")
-    if collector.data is None:
+    if not collector.parts:
         raise UploadError(422, f"missing form field {field!r} (the image to analyse)")
-    return collector.data
+    return collector.parts
