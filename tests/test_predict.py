@@ -6,6 +6,7 @@ import csv
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -144,6 +145,29 @@ def test_bad_files_in_a_folder_are_reported_and_skipped(tmp_path, capsys):
                        f"grefel predict: skipped {folder / 'notes.txt'}: not an image file"]
     assert [line.split(":")[0] for line in out.splitlines()[:3]] == \
         [str(p) for p in sorted((folder / "sub").iterdir())]
+
+
+def test_nothing_predicted_is_an_error_and_bombs_are_refused_unread(tmp_path, capsys):
+    """A run whose every input was skipped exits non-zero; a PNG declaring 30000x30000 (900 MP) is refused
+    from its header, in well under a second, with no libpng noise on stderr."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(ASTRONAUT.read_bytes()[:5000])
+    start = time.perf_counter()
+    code, out, err = predict(capsys, bomb, broken)
+    assert time.perf_counter() - start < 30 and code == 2
+    assert summary(out) == {"image": 0, "video frame": 0, "face": 0, "skipped": 2}
+    assert f"grefel predict: skipped {bomb}: this PNG image is too large to analyse: 30000 x 30000 pixels" in err
+    assert "nothing was predicted: all 2 input(s) were skipped" in err.splitlines()[-1]
+    assert "libpng" not in err
 
 
 def test_missing_input_fails_in_one_line_before_any_work(tmp_path, capsys):

@@ -104,6 +104,38 @@ def test_classic_train_py_defaults_and_bad_csv(tmp_path):
     assert "bad.csv" in proc.stderr and "2304" in proc.stderr
 
 
+def test_classic_train_py_takes_the_shipped_preset_and_skip_bad(tmp_path):
+    """cnn_baseline has no anchors: --num_anchors (a default) must not break it; --skip_bad skips a bad row."""
+    proc = run_cli("data", "convert", "--format", "ferplus", "--data-root", str(FERPLUS_ROOT), "--split", "valid",
+                   "--output", str(tmp_path / "val.csv"), "--limit", "96")
+    assert proc.returncode == 0, proc.stderr
+    rows = (tmp_path / "val.csv").read_text().splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(rows + ["3," + " ".join(["1"] * 100)]) + "\n")   # one bad row
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), "--train_csv", str(tmp_path / "train.csv"), "--val_csv",
+           str(tmp_path / "val.csv"), "--output_dir", str(tmp_path / "o"), "--epochs", "1", "--batch_size", "16",
+           "--num_workers", "0", "--model", "cnn_baseline"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode == 2 and "--skip-bad" in refused.stderr and "num_anchors" not in refused.stderr
+    proc = subprocess.run(cmd + ["--skip_bad"], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads((tmp_path / "o" / "checkpoints" / "best.json").read_text())
+    assert info["preset"] == "cnn_baseline" and info["training"]["data"]["train_samples"] == 96
+
+
+def test_grefel_train_skip_bad_flag(tmp_path):
+    """The flag the bad-data error advises is accepted by grefel train too."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("emotion,pixels\n3," + " ".join(["1"] * 100) + "\n")
+    config = tiny_config(tmp_path, **{"data.source.format": "csv", "data.train_csv": str(bad),
+                                      "data.val_csv": str(bad)})
+    proc = run_cli("train", "--config", str(config), "--output-dir", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "--skip-bad" in proc.stderr
+    proc = run_cli("train", "--config", str(config), "--output-dir", str(tmp_path / "o"), "--skip-bad")
+    # Past the bad row, the file holds no sample at all: the next error is about that, not the flag.
+    assert proc.returncode == 2 and "no samples" in proc.stderr and "--skip-bad" not in proc.stderr
+
+
 def _kill_during_epoch(cmd: list[str], run: Path, epoch: int) -> None:
     """Start training and SIGKILL it once checkpoint `epoch - 1` exists, partway into `epoch`."""
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -307,3 +339,45 @@ def test_image_init_from_starts_grefel_vgg_from_a_cnn_baseline(tmp_path):
     # Anything but a cnn_baseline checkpoint, or a preset without the VGG branch, is a config error.
     with pytest.raises(ConfigError, match="has no VGG image branch"):
         build_model(load_config(str(tiny_config(tmp_path, image_init_from=str(stem))), []))
+
+
+def test_collapse_warning_names_what_happened():
+    from grefel.training.run import collapse_warning
+
+    names = ["neutral", "happiness", "surprise"]
+    one_class = {"class_names": names, "accuracy": 0.5, "confusion_matrix": [[5, 0, 0], [3, 0, 0], [2, 0, 0]]}
+    assert "collapse to one class (neutral) for all 10 samples" in collapse_warning(one_class)
+    majority = {"class_names": names, "accuracy": 0.5, "confusion_matrix": [[4, 1, 0], [2, 1, 0], [1, 1, 0]]}
+    assert "not above the majority-class rate 50.0% (always answering neutral)" in collapse_warning(majority)
+    fine = {"class_names": names, "accuracy": 0.8, "confusion_matrix": [[5, 0, 0], [1, 2, 0], [0, 1, 1]]}
+    assert collapse_warning(fine) is None
+
+
+def test_model_list_marks_a_model_no_better_than_guessing(tmp_path, capsys):
+    from grefel.commands import main
+
+    out = tmp_path / "run"
+    train(load_config(str(tiny_config(tmp_path, epochs=1)), []), out)
+    best = out / "checkpoints" / "best.json"
+    info = json.loads(best.read_text())
+    info["warning"] = "validation predictions collapse to one class (neutral) for all 128 samples"
+    best.write_text(json.dumps(info))
+    capsys.readouterr()
+    assert main(["model", "list", str(tmp_path)]) == 0
+    out_text = capsys.readouterr().out
+    assert "[!] no better than guessing" in out_text and "collapse to one class (neutral)" in out_text
+
+
+def test_ctrl_c_prints_the_resume_command(tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(tmp_path, epochs=20)
+    proc = subprocess.Popen([sys.executable, "-m", "grefel", "train", "--config", str(config), "--output-dir",
+                             str(run)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "last.json").exists():
+        assert time.time() < deadline and proc.poll() is None, "training never wrote a checkpoint"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "continue with:" in err and f"--output-dir {run} --resume" in err

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from grefel.calibration import fit_temperature
 from grefel.data import collate_samples, eval_transform, load_dataset
 from grefel.data.dataset import FERDataset
+from grefel.data.load import describe_split
 from grefel.data.source import DataSource
 from grefel.devices import resolve_device
 from grefel.engine.loops import Amp, Predictions, metrics_report, predict
@@ -40,6 +41,7 @@ class Scored:
     tta_flip: bool
     split: str
     label_mode: str
+    dataset: str               # how the report names what was scored (folder or file)
 
 
 def score_checkpoint(checkpoint: str | Path | None, source: DataSource, split: str, label_mode: str = "majority", *,
@@ -63,7 +65,7 @@ def score_checkpoint(checkpoint: str | Path | None, source: DataSource, split: s
     with Progress(len(loader), f"scoring {split}", unit="batches", period=10.0) as progress:
         preds = predict(model, loader, device=dev, amp=Amp("off", dev.type), tta_flip=flip,
                         on_batch=lambda: progress.update())
-    return Scored(path, info, ds, preds, shared, flip, split, label_mode)
+    return Scored(path, info, ds, preds, shared, flip, split, label_mode, describe_split(source, split))
 
 
 def _renormalise(p: np.ndarray) -> np.ndarray:
@@ -86,7 +88,8 @@ def evaluate_checkpoint(scored: Scored, serve: str | None = None, plots: str | P
                 f"({', '.join(CANONICAL_CLASSES[c] for c in shared)}); probabilities renormalised over them")
     names = [CANONICAL_CLASSES[c] for c in shared]
     report = metrics_report(preds, names, serve, float(info["temperature"]))
-    report.update(checkpoint=str(scored.checkpoint), split=scored.split, label_mode=scored.label_mode,
+    report.update(checkpoint=str(scored.checkpoint), split=scored.split, dataset=scored.dataset,
+                  label_mode=scored.label_mode, dropped=dict(ds.dropped),
                   tta_flip=scored.tta_flip, evaluated_classes=names)
     if note:
         report["note"] = note
@@ -123,7 +126,7 @@ def calibrate_checkpoint(scored: Scored, output: str | Path | None = None) -> tu
 def format_report(report: dict[str, Any]) -> str:
     names = report["class_names"]
     lines = [
-        f"{report['num_samples']} samples, {report['split']} split, serving the {report['serve']} prediction"
+        f"{report['num_samples']} samples of the {report['dataset']}, serving the {report['serve']} prediction"
         f" (T = {report['temperature']:.3g})",
         f"  accuracy             {report['accuracy']:.4f}",
         f"  mean class accuracy  {report['mean_class_accuracy']:.4f}",
@@ -132,6 +135,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"  ECE (15 bins)        {report['ece']:.4f}",
         f"  primary accuracy     {report['primary_accuracy']:.4f}",
         f"  corrected accuracy   {report['corrected_accuracy']:.4f}",
+    ]
+    if report.get("dropped"):
+        lines.append("  dropped samples      " + ", ".join(f"{k} {v}" for k, v in sorted(report["dropped"].items())))
+    lines += [
         "",
         f"  {'class':<10} {'recall':>7} {'precision':>9} {'support':>8}",
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from grefel.commands.options import add_device_argument, add_source_arguments, source_from_args
 
@@ -11,7 +12,7 @@ from grefel.commands.options import add_device_argument, add_source_arguments, s
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ev = subparsers.add_parser("evaluate", help="accuracy, per-class and calibration metrics of a checkpoint",
                                description="Evaluate a checkpoint (the shipped FERPlus model by default) on a split.")
-    _common(ev, split_default="test")
+    _common(ev, split_default="auto")
     ev.add_argument("--output-json", help="write the full report as JSON")
     ev.add_argument("--plots", help="directory for the confusion matrix and reliability diagram PNGs")
     ev.add_argument("--serve", choices=["primary", "corrected"], help="override the checkpoint's served prediction")
@@ -38,9 +39,18 @@ def _common(parser: argparse.ArgumentParser, split_default: str) -> None:
 
 
 def _score(args: argparse.Namespace):
+    from grefel.data.load import available_splits
     from grefel.evaluation import score_checkpoint
 
-    return score_checkpoint(args.checkpoint, source_from_args(args), args.split, args.label_mode,
+    source = source_from_args(args)
+    if args.split is None:
+        present = available_splits(source)
+        args.split = "test" if "test" in present else "valid" if "valid" in present else present[0] if present \
+            else "test"   # none found: loading names what is missing
+        if args.split != "test":
+            print(f"grefel {args.command}: the data has no test split; scoring the {args.split} split",
+                  file=sys.stderr)
+    return score_checkpoint(args.checkpoint, source, args.split, args.label_mode,
                             batch_size=args.batch_size, workers=args.workers, tta_flip=args.tta_flip,
                             device=args.device)
 

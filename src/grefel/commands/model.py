@@ -97,7 +97,7 @@ def describe(path: Path, origin: str) -> dict[str, Any] | None:
             "mean_class_accuracy": valid.get("mean_class_accuracy"), "macro_f1": valid.get("macro_f1"),
             "ece": valid.get("ece"), "temperature": info.get("temperature"),
             "size_mb": round(weights.stat().st_size / 1e6, 1) if weights.is_file() else None,
-            "epoch": info.get("training", {}).get("epoch")}
+            "epoch": info.get("training", {}).get("epoch"), "warning": info.get("warning")}
 
 
 def find_checkpoints(dirs: list[str]) -> list[dict[str, Any]]:
@@ -126,5 +126,9 @@ def run_list(args: argparse.Namespace) -> int:
     print(f"{'origin':8} {'preset':14} {'acc':>7} {'mca':>7} {'F1':>7} {'ECE':>7} {'T':>6} {'MB':>6}  path")
     for r in rows:
         print(f"{r['origin']:8} {r['preset']:14} {fmt(r['accuracy']):>7} {fmt(r['mean_class_accuracy']):>7} "
-              f"{fmt(r['macro_f1']):>7} {fmt(r['ece']):>7} {r['temperature']:>6.3g} {r['size_mb'] or 0:>6}  {r['path']}")
+              f"{fmt(r['macro_f1']):>7} {fmt(r['ece']):>7} {r['temperature']:>6.3g} {r['size_mb'] or 0:>6}  {r['path']}"
+              + ("  [!] no better than guessing" if r["warning"] else ""))
+    flagged = [r for r in rows if r["warning"]]
+    for r in flagged:
+        print(f"[!] {r['path']}: {r['warning']}")
     return 0

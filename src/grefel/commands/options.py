@@ -32,7 +32,9 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, split_default: str 
                    help=f"integer labels in --list-file: {', '.join(LABEL_ORDERS)} (default canonical)")
     g.add_argument("--image-size", type=int, help="folder format: decode size in pixels (default 100)")
     g.add_argument("--color", help="grey or rgb (default grey; rgb for folder)")
-    if split_default is not None:
+    if split_default == "auto":
+        g.add_argument("--split", help=f"{', '.join(SPLITS)} (default: test where the data has it, else valid)")
+    elif split_default is not None:
         g.add_argument("--split", default=split_default, help=f"{', '.join(SPLITS)} (default {split_default})")
     g.add_argument("--label-mode", default="majority",
                    help=f"FERPlus label mode: {', '.join(LABEL_MODES)} (default majority)")

@@ -209,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         writer.close()
         annotator.close()
     print(tally.line(time.perf_counter() - start, args.output))
+    if tally.images + tally.frames + tally.resumed == 0:
+        raise DataError(f"nothing was predicted: all {tally.skipped} input(s) were skipped")
     return 0
 
 

@@ -45,6 +45,10 @@ def load_raw(source: DataSource, split: str) -> RawData:
     folder = root / SPLIT_FOLDERS[split]
     label_path = folder / "label.csv"
     if not label_path.is_file():
+        present = [s for s, name in SPLIT_FOLDERS.items() if (root / name / "label.csv").is_file()]
+        if present:
+            raise DataError(f"{root}: no {split} split ({folder.name}/label.csv not found); this FERPlus root has "
+                            f"{', '.join(present)}: pass --split {present[-1]}")
         raise DataError(f"{label_path}: not found; the FERPlus layout is ROOT/{folder.name}/label.csv "
                         f"with the PNGs beside it")
     content = label_path.read_bytes()

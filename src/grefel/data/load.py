@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from grefel.data import csvfile, fer2013, ferplus, folder
 from grefel.data.dataset import FERDataset
 from grefel.data.images import to_color
@@ -29,3 +31,30 @@ def load_dataset(source: DataSource, split: str, label_mode: str = "majority") -
     images = to_color(raw.images[keep], color, stack=True)  # (K, H, W) or (K, H, W, 3)
     return FERDataset(images, targets, [raw.ids[k] for k in keep], raw.class_names, label_mode, dropped,
                       votes=None if raw.votes is None else raw.votes[keep])
+
+
+def available_splits(source: DataSource) -> list[str]:
+    """The splits `source` holds, by the files and folders present (nothing is decoded). A single CSV,
+    fer2013.csv (one file with a Usage column) and a list file answer every split."""
+    root = Path(source.root) if source.root else None
+    if source.format == "ferplus" and root is not None:
+        return [s for s in SPLITS if (root / ferplus.SPLIT_FOLDERS[s] / "label.csv").is_file()]
+    if source.format == "csv" and not source.csv and root is not None:
+        return [s for s in SPLITS if (root / csvfile.SPLIT_FILES[s]).is_file()]
+    if source.format == "folder" and not source.list_file and root is not None and root.is_dir():
+        names = {p.name.lower() for p in root.iterdir() if p.is_dir()}
+        split_dirs = [s for s in SPLITS if names & set(folder.SPLIT_DIRS[s])]
+        return split_dirs or list(SPLITS)      # no split folders: the root itself serves any split
+    return list(SPLITS)
+
+
+def describe_split(source: DataSource, split: str) -> str:
+    """How a report names what it scored: the FERPlus folder, the CSV file or the image folder."""
+    root = Path(source.root) if source.root else None
+    if source.format == "ferplus" and root is not None:
+        return f"FERPlus {split} split ({root / ferplus.SPLIT_FOLDERS[split]})"
+    if source.format == "csv":
+        return f"CSV file {source.csv or root / csvfile.SPLIT_FILES[split]}"
+    if source.format == "folder":
+        return f"list file {source.list_file}" if source.list_file else f"image folder {root} ({split} split)"
+    return f"fer2013.csv {split} rows ({source.fer2013_csv})"

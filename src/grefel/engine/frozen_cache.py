@@ -33,6 +33,7 @@ from torch import nn
 from grefel.data.cache import default_cache_dir
 from grefel.data.transforms import eval_transform
 from grefel.fileio import atomic_open
+from grefel.progress import Progress
 
 # The config fields that change what frozen_maps computes (absent ones read as None).
 SIZE_FIELDS = ("input_size", "in_chans", "landmark_size", "branch_size", "landmark_branch", "image_backbone",
@@ -80,10 +81,14 @@ class FrozenMapCache:
         transform = eval_transform(cfg.input_size, cfg.in_chans)
         device = next(model.parameters()).device
         chunks: list[list[np.ndarray]] = [[] for _ in paths]
-        for start in range(0, len(images), batch_size):
-            x = torch.stack([transform(im) for im in images[start:start + batch_size]]).to(device)
-            for i, (plain, mirror) in enumerate(zip(model.frozen_maps(x), model.frozen_maps(x.flip(-1)))):
-                chunks[i].append(torch.stack([plain, mirror], 1).half().cpu().numpy())  # (b, 2, C, W, W)
+        with Progress(len(images), "frozen maps", unit="images", period=30.0) as progress:
+            for start in range(0, len(images), batch_size):
+                x = torch.stack([transform(im) for im in images[start:start + batch_size]]).to(device)
+                n = len(x)
+                # The image and its mirror in one pass: one larger batch is cheaper than two on a CPU.
+                for i, both in enumerate(model.frozen_maps(torch.cat([x, x.flip(-1)]))):
+                    chunks[i].append(torch.stack([both[:n], both[n:]], 1).half().cpu().numpy())  # (b, 2, C, W, W)
+                progress.update(n)
         maps = []
         for path, parts in zip(paths, chunks):
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ model selected on validation data).
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 from functools import partial
@@ -113,7 +114,25 @@ def checkpoint_info(cfg: TrainConfig, model, epoch: int, report: dict[str, Any],
         "tta_flip": cfg.tta_flip,
         "training": {"command": command, "epoch": epoch, "data": data_summary, "config": to_dict(cfg)},
         "metrics": {"valid": {k: v for k, v in report.items() if k != "confusion_matrix"}},
+        **({"warning": warning} if (warning := collapse_warning(report)) else {}),
     }
+
+
+def collapse_warning(report: dict[str, Any]) -> str | None:
+    """Why a model is no better than guessing, from its validation confusion matrix: every prediction is one
+    class, or accuracy is no higher than always answering the most frequent class. None when neither."""
+    cm = np.array(report["confusion_matrix"])
+    names, support = report["class_names"], cm.sum(1)
+    predicted = np.flatnonzero(cm.sum(0))
+    majority = int(support.argmax())
+    if len(predicted) <= 1:
+        only = names[int(predicted[0])] if len(predicted) else "none"
+        return f"validation predictions collapse to one class ({only}) for all {int(cm.sum())} samples"
+    rate = support[majority] / max(support.sum(), 1)
+    if report["accuracy"] <= rate:
+        return (f"validation accuracy {report['accuracy']:.1%} is not above the majority-class rate {rate:.1%} "
+                f"(always answering {names[majority]})")
+    return None
 
 
 # The config keys that name a pretrained source, and the preset slot each fills (grefel.models.pretrained).
@@ -316,6 +335,10 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         if info.is_main:
             atomic_write_json(out / "summary.json", summary)
             logger.finish()
+            best_info = json.loads((ckpt_dir / "best.json").read_text())
+            if best_info.get("warning"):
+                print(f"warning: the best model is no better than guessing: {best_info['warning']}; train longer, "
+                      f"on more data, or check the labels", file=sys.stderr, flush=True)
             print(f"done: best {cfg.select_metric} {best['value']:.4f} at epoch {best['epoch']}; "
                   f"model in {ckpt_dir / 'best.safetensors'}", flush=True)
         return summary
