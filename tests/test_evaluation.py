@@ -123,3 +123,32 @@ def test_tampered_checkpoint_is_refused_in_one_line(checkpoint, tmp_path, mutate
 def test_missing_checkpoint_is_one_line(tmp_path):
     proc = run("evaluate", "--checkpoint", str(tmp_path / "none.safetensors"), "--data-root", str(FERPLUS_ROOT))
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_default_split_is_the_one_the_data_has_and_dropped_rows_are_counted(checkpoint, tmp_path):
+    """A CSV folder with only val.csv: evaluate scores valid, says so, names the file, and counts the bad row
+    --skip-bad skipped (text and JSON)."""
+    folder = tmp_path / "csv"
+    proc = run("data", "convert", "--format", "ferplus", "--data-root", str(FERPLUS_ROOT), "--split", "valid",
+               "--output", str(folder / "val.csv"), "--limit", "64")
+    assert proc.returncode == 0, proc.stderr
+    with (folder / "val.csv").open("a") as handle:
+        handle.write("3," + " ".join(["1"] * 100) + "\n")            # 100 pixels, not 48x48
+    base = ["evaluate", "--checkpoint", str(checkpoint), "--format", "csv", "--data-root", str(folder),
+            "--workers", "0"]
+    refused = run(*base)
+    assert refused.returncode == 2 and "--skip-bad" in refused.stderr and "Traceback" not in refused.stderr
+    out = tmp_path / "report.json"
+    proc = run(*base, "--skip-bad", "--output-json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "no test split; scoring the valid split" in proc.stderr and "libpng" not in proc.stderr
+    report = json.loads(out.read_text())
+    assert report["split"] == "valid" and report["num_samples"] == 64
+    assert sum(report["dropped"].values()) == 1 and report["dataset"] == f"CSV file {folder / 'val.csv'}"
+    assert f"64 samples of the CSV file {folder / 'val.csv'}" in proc.stdout and "dropped samples" in proc.stdout
+
+
+def test_missing_ferplus_split_names_the_splits_there(checkpoint):
+    proc = run("evaluate", "--checkpoint", str(checkpoint), "--data-root", str(FERPLUS_ROOT), "--split", "test")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "no test split (FER2013Test/label.csv not found)" in proc.stderr and "--split valid" in proc.stderr
