@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -381,3 +382,32 @@ def test_ctrl_c_prints_the_resume_command(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "continue with:" in err and f"--output-dir {run} --resume" in err
+
+
+def test_distillation_blends_the_teachers_into_the_targets(tmp_path):
+    """distill_from: the teachers' served probabilities (temperature, flip) on the un-augmented training images,
+    averaged and blended with the labels; computed once and reused on resume."""
+    from grefel.data import DataSource, eval_transform, load_dataset
+    from grefel.models.serving import ServingModel
+    from grefel.training.distill import distilled_targets
+
+    teacher_run = tmp_path / "teacher"
+    train(load_config(str(tiny_config(tmp_path, epochs=1, tta_flip=True)), []), teacher_run)
+    teacher = str(teacher_run / "checkpoints" / "best.safetensors")
+    ds = load_dataset(DataSource(root=str(FERPLUS_ROOT)), "train", "crossentropy").subset(range(40))
+    cache = tmp_path / "t.npz"
+    blended = distilled_targets((teacher, teacher), 0.25, ds, torch.device("cpu"), cache, log=lambda *_: None)
+    serving = ServingModel.from_checkpoint(teacher)
+    with torch.no_grad():
+        expected = serving(torch.stack([eval_transform(48, 3)(im) for im in ds.images])).numpy()
+    np.testing.assert_allclose(blended, 0.75 * ds.targets + 0.25 * expected, atol=1e-5)
+    np.testing.assert_allclose(blended.sum(1), 1.0, atol=1e-5)
+    stamp = cache.stat().st_mtime_ns
+    again = distilled_targets((teacher, teacher), 0.25, ds, torch.device("cpu"), cache, log=pytest.fail)
+    assert cache.stat().st_mtime_ns == stamp and np.array_equal(again, blended)   # reused, not recomputed
+    with pytest.raises(ConfigError, match="distill_weight"):
+        distilled_targets((teacher,), 1.5, ds, torch.device("cpu"), cache)
+    out = tmp_path / "student"
+    train(load_config(str(tiny_config(tmp_path, epochs=1, distill_from=[teacher])), []), out)
+    assert (out / "teacher_targets.npz").is_file()
+    assert json.loads((out / "checkpoints" / "best.json").read_text())["training"]["config"]["distill_from"] == [teacher]

@@ -49,6 +49,9 @@ class TrainConfig:
     vit_weights: str | None = None       # a timm-layout ViT state_dict (grefel_vit)
     image_init_from: str | None = None   # a cnn_baseline checkpoint whose VGG stack starts grefel_vgg's image
                                          # branch: the pretrained image branch of the paper, trained here
+    distill_from: tuple[str, ...] = ()   # model files whose averaged served probabilities on
+                                         # the training images are blended into the targets (grefel.training.distill)
+    distill_weight: float = 0.5          # target = (1 - w) * label + w * teachers
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)

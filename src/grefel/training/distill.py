@@ -1,0 +1,77 @@
+"""Distillation targets: what trained models (teachers) say of each training image, mixed into its target.
+
+The teachers' served probabilities (their own temperature and test-time flip)
+on the un-augmented training images are averaged and blended with the label
+target: target = (1 - weight) * label + weight * teacher. An ensemble of
+models can so be folded into one model that costs one model to run. Computed
+once per run and kept in the run folder (`teacher_targets.npz`, keyed by the
+teachers' weights and temperatures), so `--resume` does not recompute it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from grefel.data import collate_samples, eval_transform
+from grefel.data.dataset import FERDataset
+from grefel.errors import ConfigError
+from grefel.fileio import atomic_open
+from grefel.labels import NUM_CLASSES
+from grefel.models.model_file import read_checkpoint_info, resolve_checkpoint
+from grefel.models.serving import ServingModel
+from grefel.progress import Progress
+
+
+def teacher_keys(checkpoints: tuple[str, ...]) -> list[str]:
+    """What identifies the teachers' predictions: each model file's weights hash and served settings."""
+    keys = []
+    for path in checkpoints:
+        info = read_checkpoint_info(resolve_checkpoint(path))
+        keys.append(f"{info.get('weights_sha256')}|{info['temperature']}|{info.get('tta_flip')}")
+    return keys
+
+
+@torch.no_grad()
+def teacher_probabilities(checkpoints: tuple[str, ...], dataset: FERDataset, device: torch.device,
+                          batch_size: int = 64) -> np.ndarray:
+    """(N, 8) mean served probabilities of the teachers over the dataset's un-augmented images."""
+    total = np.zeros((len(dataset), NUM_CLASSES), np.float64)
+    for path in checkpoints:
+        serving = ServingModel.from_checkpoint(resolve_checkpoint(path)).to(device)
+        info = serving.info
+        images = FERDataset(dataset.images, dataset.targets, dataset.ids, dataset.class_names,
+                            transform=eval_transform(info["input"]["size"], info["input"]["channels"]))
+        loader = DataLoader(images, batch_size=batch_size, collate_fn=collate_samples)
+        parts = []
+        with Progress(len(images), f"teacher {Path(path).name}", unit="images", period=30.0) as progress:
+            for batch in loader:
+                parts.append(serving(batch["image"].to(device)).double().cpu().numpy())
+                progress.update(len(batch["image"]))
+        probs = np.concatenate(parts)
+        total[:, :probs.shape[1]] += probs
+    return total / len(checkpoints)
+
+
+def distilled_targets(checkpoints: tuple[str, ...], weight: float, dataset: FERDataset, device: torch.device,
+                      cache: Path, log=print) -> np.ndarray:
+    """The dataset's targets blended with its teachers' probabilities (see the module docstring)."""
+    if not 0.0 < weight <= 1.0:
+        raise ConfigError(f"distill_weight = {weight}: expected a number in (0, 1]")
+    if dataset.label_mode == "multi_target":
+        raise ConfigError("distill_from: multi_target labels are not distributions; use crossentropy or majority")
+    keys = teacher_keys(checkpoints)
+    teacher = None
+    if cache.is_file():
+        with np.load(cache) as saved:
+            if saved["keys"].tolist() == keys and saved["teacher"].shape == (len(dataset), NUM_CLASSES):
+                teacher = saved["teacher"]
+    if teacher is None:
+        log(f"computing the predictions of {len(checkpoints)} teacher model(s) on {len(dataset)} training images")
+        teacher = teacher_probabilities(checkpoints, dataset, device)
+        with atomic_open(cache, "wb") as handle:
+            np.savez(handle, teacher=teacher, keys=np.array(keys))
+    return ((1.0 - weight) * dataset.targets + weight * teacher).astype(np.float32)
