@@ -41,7 +41,7 @@ class Scored:
     tta_flip: bool
     split: str
     label_mode: str
-    dataset: str               # how the report names what was scored (folder or file)
+    scored_what: str           # how the report names what was scored (folder or file)
 
 
 def score_checkpoint(checkpoint: str | Path | None, source: DataSource, split: str, label_mode: str = "majority", *,
@@ -88,7 +88,7 @@ def evaluate_checkpoint(scored: Scored, serve: str | None = None, plots: str | P
                 f"({', '.join(CANONICAL_CLASSES[c] for c in shared)}); probabilities renormalised over them")
     names = [CANONICAL_CLASSES[c] for c in shared]
     report = metrics_report(preds, names, serve, float(info["temperature"]))
-    report.update(checkpoint=str(scored.checkpoint), split=scored.split, dataset=scored.dataset,
+    report.update(checkpoint=str(scored.checkpoint), split=scored.split, dataset=scored.scored_what,
                   label_mode=scored.label_mode, dropped=dict(ds.dropped),
                   tta_flip=scored.tta_flip, evaluated_classes=names)
     if note:
