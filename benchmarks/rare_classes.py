@@ -48,7 +48,7 @@ def main() -> int:
 
     source = DataSource(format="ferplus", root=args.data_root)
     prior = np.bincount(load_dataset(source, "train", "majority").labels, minlength=len(CANONICAL_CLASSES))
-    log_prior = np.log(prior / prior.sum())
+    log_prior = np.log((prior + 1) / (prior + 1).sum())   # as grefel.models.model_file.logit_shift
     served, corrected, labels = [], [], None
     results: dict[str, dict] = {}
     for path in args.checkpoint:

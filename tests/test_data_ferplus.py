@@ -149,7 +149,7 @@ def test_bad_ferplus_rows_fail_or_are_skipped(ferplus_root, tmp_path, cache_dir,
 def test_missing_root_split_and_empty_split(ferplus_root, tmp_path, cache_dir):
     with pytest.raises(DataError, match="does not exist"):
         load_dataset(DataSource(root=str(tmp_path / "nope")), "valid")
-    with pytest.raises(DataError, match="FER2013Test/label.csv: not found"):
+    with pytest.raises(DataError, match=r"no test split \(FER2013Test/label.csv not found\); this FERPlus root has train, valid"):
         load_dataset(DataSource(root=str(ferplus_root)), "test")
     root = ferplus_copy(ferplus_root, tmp_path / "fp", 2)  # both rows lack a majority
     _edit_row(root, 1, lambda f: f[:2] + ["3", "3", "3", "3", "0", "0", "0", "0", "0", "0"])

@@ -152,3 +152,40 @@ def test_missing_ferplus_split_names_the_splits_there(checkpoint):
     proc = run("evaluate", "--checkpoint", str(checkpoint), "--data-root", str(FERPLUS_ROOT), "--split", "test")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "no test split (FER2013Test/label.csv not found)" in proc.stderr and "--split valid" in proc.stderr
+
+
+def test_logit_adjustment_is_stored_served_and_scored(checkpoint, tmp_path):
+    """calibrate --logit-adjustment TAU: the served probabilities become softmax((z - TAU log prior) / T) in
+    every backend's ServingModel and in evaluate's report; TAU 0 takes it out again."""
+    import torch
+
+    from grefel.models import build_from_checkpoint
+    from grefel.models.serving import ServingModel
+
+    copy = tmp_path / "adjusted"
+    proc = run("calibrate", "--checkpoint", str(checkpoint), "--data-root", str(FERPLUS_ROOT), "--workers", "0",
+               "--logit-adjustment", "0.5", "--output", str(copy))
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(copy.with_suffix(".json").read_text())
+    counts = info["logit_adjustment"]["train_class_counts"]
+    assert info["logit_adjustment"]["tau"] == 0.5 and counts == info["training"]["data"]["train_class_counts"]
+    serving = ServingModel.from_checkpoint(copy)
+    model, _ = build_from_checkpoint(copy)
+    x = torch.rand(4, 3, 48, 48)
+    with torch.no_grad():
+        z = (model(x).logits + model(x.flip(-1)).logits) / 2                  # the checkpoint serves with flip
+        prior = (torch.tensor(counts, dtype=torch.float64) + 1) / (sum(counts) + len(counts))   # +1 smoothing
+        expected = torch.softmax((z.double() - 0.5 * prior.log()) / info["temperature"], -1)
+        torch.testing.assert_close(serving(x).double(), expected, atol=1e-5, rtol=1e-4)
+    report_path = tmp_path / "r.json"
+    proc = run("evaluate", "--checkpoint", str(copy), "--data-root", str(FERPLUS_ROOT), "--split", "valid",
+               "--workers", "0", "--output-json", str(report_path))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report_path.read_text())["logit_adjustment"] == 0.5
+    proc = run("calibrate", "--checkpoint", str(copy), "--data-root", str(FERPLUS_ROOT), "--workers", "0",
+               "--logit-adjustment", "0")
+    assert proc.returncode == 0 and "logit_adjustment" not in json.loads(copy.with_suffix(".json").read_text())
+    info["logit_adjustment"]["tau"] = 7
+    copy.with_suffix(".json").write_text(json.dumps(info))
+    proc = run("evaluate", "--checkpoint", str(copy), "--data-root", str(FERPLUS_ROOT), "--split", "valid")
+    assert proc.returncode == 2 and "logit_adjustment.tau 7: expected a number in [0, 2]" in proc.stderr

@@ -25,7 +25,7 @@ from grefel.engine.loops import Amp, Predictions, metrics_report, predict
 from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES
 from grefel.metrics import expected_calibration_error, nll, vote_agreement
-from grefel.models.model_file import resolve_checkpoint, update_checkpoint_info
+from grefel.models.model_file import logit_shift, resolve_checkpoint, update_checkpoint_info
 from grefel.models.serving import ServingModel, served_tta_flip
 from grefel.plots import plot_confusion_matrix, plot_reliability_diagram
 from grefel.progress import Progress
@@ -87,13 +87,17 @@ def evaluate_checkpoint(scored: Scored, serve: str | None = None, plots: str | P
         note = (f"evaluated on the {len(shared)} classes shared by the dataset and the {num_classes}-class model "
                 f"({', '.join(CANONICAL_CLASSES[c] for c in shared)}); probabilities renormalised over them")
     names = [CANONICAL_CLASSES[c] for c in shared]
-    report = metrics_report(preds, names, serve, float(info["temperature"]))
+    shift = logit_shift(info)
+    shift = None if shift is None else [shift[c] for c in shared]
+    report = metrics_report(preds, names, serve, float(info["temperature"]), shift)
     report.update(checkpoint=str(scored.checkpoint), split=scored.split, dataset=scored.scored_what,
                   label_mode=scored.label_mode, dropped=dict(ds.dropped),
-                  tta_flip=scored.tta_flip, evaluated_classes=names)
+                  tta_flip=scored.tta_flip, evaluated_classes=names,
+                  logit_adjustment=(info.get("logit_adjustment") or {}).get("tau", 0.0))
     if note:
         report["note"] = note
-    probs = torch.softmax(torch.from_numpy(preds.served_logits(serve)).double() / report["temperature"], -1).numpy()
+    probs = torch.softmax(torch.from_numpy(preds.served_logits(serve, shift)).double() / report["temperature"],
+                          -1).numpy()
     if ds.votes is not None and note is None:
         report["agreement_with_people"] = vote_agreement(probs, ds.votes[preds.index])
     if plots:
@@ -104,11 +108,19 @@ def evaluate_checkpoint(scored: Scored, serve: str | None = None, plots: str | P
     return report
 
 
-def calibrate_checkpoint(scored: Scored, output: str | Path | None = None) -> tuple[dict[str, Any], Path]:
+def calibrate_checkpoint(scored: Scored, output: str | Path | None = None,
+                         logit_adjustment: tuple[float, list[int]] | None = None) -> tuple[dict[str, Any], Path]:
     """Fit temperature scaling on the scored split and write it into the checkpoint's JSON (or a calibrated
-    copy at `output`); returns the fit's figures and the JSON written."""
+    copy at `output`); returns the fit's figures and the JSON written. `logit_adjustment` (tau, training
+    class counts) is stored first and the temperature fitted on the adjusted logits; tau 0 removes it."""
     serve = scored.info["serve"]
-    logits = torch.from_numpy(scored.preds.served_logits(serve)).double()
+    info = {k: v for k, v in scored.info.items() if k != "logit_adjustment"}
+    if logit_adjustment is not None and logit_adjustment[0] > 0:
+        tau, counts = logit_adjustment
+        info["logit_adjustment"] = {"tau": float(tau), "train_class_counts": [int(c) for c in counts]}
+    elif logit_adjustment is None and "logit_adjustment" in scored.info:
+        info["logit_adjustment"] = scored.info["logit_adjustment"]
+    logits = torch.from_numpy(scored.preds.served_logits(serve, logit_shift(info))).double()
     labels = torch.from_numpy(scored.preds.label)
     temperature = fit_temperature(logits, labels)
     before = torch.softmax(logits, -1).numpy()
@@ -118,7 +130,7 @@ def calibrate_checkpoint(scored: Scored, output: str | Path | None = None) -> tu
               "nll_before": nll(before, labels), "nll_after": nll(after, labels),
               "ece_before": expected_calibration_error(before, labels),
               "ece_after": expected_calibration_error(after, labels)}
-    info = {**scored.info, "temperature": temperature,
+    info = {**info, "temperature": temperature,
             "calibration": {k: v for k, v in result.items() if k != "temperature"}}
     return result, update_checkpoint_info(scored.checkpoint, info, output)
 

@@ -23,6 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                             "store it in the checkpoint's JSON.")
     _common(cal, split_default="valid")
     cal.add_argument("--output", help="write a calibrated copy here (X.safetensors + X.json) instead of in place")
+    cal.add_argument("--logit-adjustment", type=float, metavar="TAU",
+                     help="serve logits less TAU x log(training class prior) (0: as trained, 1: as if every class were "
+                          "equally frequent; raises rare-class recall at some accuracy), stored with the temperature")
     cal.set_defaults(func=run_calibrate)
 
 
@@ -67,9 +70,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    from grefel.data import load_dataset
+    from grefel.errors import ConfigError
     from grefel.evaluation import calibrate_checkpoint
 
-    result, written = calibrate_checkpoint(_score(args), args.output)
+    scored = _score(args)
+    adjustment = None
+    if args.logit_adjustment is not None:
+        if not 0 <= args.logit_adjustment <= 2:
+            raise ConfigError(f"--logit-adjustment {args.logit_adjustment}: expected a number in [0, 2]")
+        classes = len(scored.info["class_names"])
+        counts = scored.info.get("training", {}).get("data", {}).get("train_class_counts")
+        if counts is None:   # a model file from before training recorded them: count the training split
+            counts = load_dataset(source_from_args(args), "train", "majority").class_counts()[:classes].tolist()
+        adjustment = (args.logit_adjustment, counts[:classes])
+    result, written = calibrate_checkpoint(scored, args.output, adjustment)
     print(json.dumps(result, indent=2))
     print(f"temperature {result['temperature']:.4f} written to {written}")
     return 0

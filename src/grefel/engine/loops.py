@@ -144,11 +144,11 @@ class Predictions:
     primary: np.ndarray      # (N, C) l_p
     corrected: np.ndarray    # (N, C) anchor-corrected distribution (== primary for models without the head)
 
-    def served_logits(self, serve: str) -> np.ndarray:
-        """Logits of the served prediction; temperature scaling acts on these."""
-        if serve == "primary":
-            return self.logits
-        return np.log(np.clip(self.corrected, 1e-8, None))
+    def served_logits(self, serve: str, shift: list[float] | None = None) -> np.ndarray:
+        """Logits of the served prediction, less a logit adjustment `shift` (one per class); temperature
+        scaling acts on these."""
+        logits = self.logits if serve == "primary" else np.log(np.clip(self.corrected, 1e-8, None))
+        return logits if shift is None else logits - np.asarray(shift, dtype=logits.dtype)
 
 
 @torch.no_grad()
@@ -200,8 +200,10 @@ def evaluate(model: nn.Module, loader, class_names: list[str], *, device: torch.
     return report, preds
 
 
-def metrics_report(preds: Predictions, class_names: list[str], serve: str, temperature: float = 1.0) -> dict[str, Any]:
-    logits = torch.from_numpy(preds.served_logits(serve)).double() / temperature
+def metrics_report(preds: Predictions, class_names: list[str], serve: str, temperature: float = 1.0,
+                   shift: list[float] | None = None) -> dict[str, Any]:
+    """Metrics of the served prediction: served logits, less a logit adjustment `shift`, over the temperature."""
+    logits = torch.from_numpy(preds.served_logits(serve, shift)).double() / temperature
     probs = torch.softmax(logits, -1).numpy()
     report = classification_report(probs, preds.label, class_names)
     report["serve"] = serve

@@ -151,7 +151,7 @@ class Recognizer:
         key covers the weights and everything else the exported graph bakes in.
         """
         weights = self.info.get("weights_sha256") or hashlib.sha256(self.checkpoint.read_bytes()).hexdigest()
-        baked = {k: self.info.get(k) for k in ("preset", "model", "input", "serve", "temperature")}
+        baked = {k: self.info.get(k) for k in ("preset", "model", "input", "serve", "temperature", "logit_adjustment")}
         baked["tta_flip"] = self.tta_flip
         key = hashlib.sha256(json.dumps([weights, baked], sort_keys=True).encode()).hexdigest()
         return default_cache_dir() / "onnx" / f"{key[:32]}.onnx"

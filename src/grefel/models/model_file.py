@@ -105,6 +105,32 @@ def validate_checkpoint_info(info: dict[str, Any], where: Path) -> None:
         temperature = math.inf
     if not T_MIN <= temperature <= T_MAX:
         raise ConfigError(f"{where}: temperature {info['temperature']} outside [{T_MIN:g}, {T_MAX:g}]")
+    _check_logit_adjustment(info, where)
+
+
+def logit_shift(info: dict[str, Any]) -> list[float] | None:
+    """What the served logits lose before the temperature: tau * log(training class prior) (logit adjustment,
+    Menon et al. 2021), from the file's `logit_adjustment` {"tau", "train_class_counts"}; None without one.
+    tau 0 serves the model as trained; tau 1 undoes the prior, as if every class had been as frequent."""
+    adjustment = info.get("logit_adjustment")
+    if adjustment is None:
+        return None
+    counts = [float(c) + 1.0 for c in adjustment["train_class_counts"]]   # +1: a class never seen stays finite
+    total = sum(counts)
+    return [float(adjustment["tau"]) * math.log(c / total) for c in counts]
+
+
+def _check_logit_adjustment(info: dict[str, Any], where: Path) -> None:
+    adjustment = info.get("logit_adjustment")
+    if adjustment is None:
+        return
+    tau = adjustment.get("tau") if isinstance(adjustment, dict) else None
+    counts = adjustment.get("train_class_counts") if isinstance(adjustment, dict) else None
+    if type(tau) not in (int, float) or not 0 <= tau <= 2:
+        raise ConfigError(f"{where}: logit_adjustment.tau {tau!r}: expected a number in [0, 2]")
+    if not isinstance(counts, list) or len(counts) != len(info["class_names"]) or \
+            not all(type(c) in (int, float) and 0 <= c < 1e12 for c in counts):
+        raise ConfigError(f"{where}: logit_adjustment.train_class_counts: expected a count per class")
 
 
 def load_strict(model: nn.Module, tensors: dict[str, torch.Tensor], where: Path | str) -> None:

@@ -17,7 +17,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from grefel.fileio import atomic_open
 from grefel.models.factory import build_from_checkpoint
 from grefel.models.mobilefacenet import ConvBlock
-from grefel.models.model_file import SERVE_CHOICES
+from grefel.models.model_file import SERVE_CHOICES, logit_shift
 from grefel.models.reliability import EPS
 
 
@@ -55,7 +55,8 @@ class ServingModel(nn.Module):
     The wrapped model's batch norms are folded into its convs (`fold_batchnorm`).
     """
 
-    def __init__(self, model: nn.Module, serve: str = "primary", temperature: float = 1.0, tta_flip: bool = False):
+    def __init__(self, model: nn.Module, serve: str = "primary", temperature: float = 1.0, tta_flip: bool = False,
+                 shift: list[float] | None = None):
         super().__init__()
         if serve not in SERVE_CHOICES:
             raise ValueError(f"serve must be one of {SERVE_CHOICES}, got {serve!r}")
@@ -63,13 +64,16 @@ class ServingModel(nn.Module):
         self.serve = serve
         self.temperature = float(temperature)
         self.tta_flip = tta_flip
+        # Logit adjustment (grefel.models.model_file.logit_shift): subtracted before the temperature.
+        self.register_buffer("shift", torch.tensor(shift or [0.0] * model.config.num_classes), persistent=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, tta_flip: bool | None = None) -> "ServingModel":
         """The checkpoint's model with its served prediction and temperature, the file read once;
         `.info` holds its JSON."""
         model, info = build_from_checkpoint(path)
-        serving = cls(model, info["serve"], float(info["temperature"]), served_tta_flip(info, tta_flip))
+        serving = cls(model, info["serve"], float(info["temperature"]), served_tta_flip(info, tta_flip),
+                      logit_shift(info))
         serving.info = info
         return serving
 
@@ -85,7 +89,7 @@ class ServingModel(nn.Module):
         else:
             dist = (out.corrected[:n] + out.corrected[n:]) / 2 if self.tta_flip else out.corrected
             logits = dist.clamp_min(EPS).log()
-        return F.softmax(logits / self.temperature, dim=-1)
+        return F.softmax((logits - self.shift) / self.temperature, dim=-1)
 
     def export_onnx(self, path: str | Path, input_shape: tuple[int, int, int, int] | None = None,
                     opset: int = 17) -> Path:

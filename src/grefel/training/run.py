@@ -289,6 +289,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
             "val_split": dcfg.val_split, "train_csv": dcfg.train_csv, "val_csv": dcfg.val_csv,
             "label_mode": dcfg.label_mode, "val_label_mode": dcfg.val_label_mode,
             "train_samples": len(train_ds), "val_samples": len(val_ds),
+            "train_class_counts": train_ds.class_counts()[:mcfg.num_classes].tolist(),
             "image_size": int(train_ds.images.shape[1]), "color": "rgb" if train_ds.images.ndim == 4 else "grey",
         }
         logger = None
