@@ -11,6 +11,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from grefel.commands.options import add_device_argument
 from grefel.data.headers import MAX_PIXELS, MAX_UPLOAD_MB
 from grefel.errors import ConfigError
 
@@ -39,6 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="inference threads, each with its own model copy; the cores are split between them "
                              "(default 1: on 2 cores, 2 or 4 threads measured no more requests per CPU second "
                              "and each adds about 55 MB)")
+    add_device_argument(parser)
     parser.add_argument("--body-timeout", type=float, default=60.0,
                         help="seconds a client may take to send its body; slower gets 408 (default 60)")
     parser.add_argument("--limit-concurrency", type=int, default=32,
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit_concurrency < 1:
         raise ConfigError(f"--limit-concurrency {args.limit_concurrency}: expected at least 1")
     config = ServeConfig(checkpoint=args.checkpoint, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
-                         worker_threads=args.threads, body_timeout_s=args.body_timeout)
+                         worker_threads=args.threads, body_timeout_s=args.body_timeout,
+                         device=args.device)
     sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once
     _share_cores(config.worker_threads)
     server = make_server(create_app(config), args.limit_concurrency)

@@ -42,6 +42,7 @@ class ServeConfig:
     max_pixels: int = MAX_PIXELS        # declared width x height; bounds decode memory (3 bytes a pixel)
     worker_threads: int = 1             # Recognizers, each on its own thread
     body_timeout_s: float = 60.0        # a client slower than this holds a connection for nothing
+    device: str = "cpu"                 # auto, cpu or cuda (grefel.devices)
 
     def __post_init__(self) -> None:
         for name in ("max_upload_mb", "max_pixels", "worker_threads", "body_timeout_s"):
@@ -56,8 +57,8 @@ class ServeConfig:
 class RecognizerPool:
     """`threads` Recognizers lent to `threads` worker threads; a Recognizer is never shared."""
 
-    def __init__(self, checkpoint: str | None, threads: int) -> None:
-        recognizers = [Recognizer(checkpoint) for _ in range(threads)]
+    def __init__(self, checkpoint: str | None, threads: int, device: str = "cpu") -> None:
+        recognizers = [Recognizer(checkpoint, device=device) for _ in range(threads)]
         self.classes = recognizers[0].classes
         self.model_info = _model_info(recognizers[0])
         # As many Recognizers as threads: a thread always finds one idle, get() never waits.
@@ -102,7 +103,7 @@ def _index_html() -> str:
 
 def create_app(config: ServeConfig, pool: RecognizerPool | None = None) -> FastAPI:
     """The app; builds the Recognizer pool now (so a served app is ready) unless one is given."""
-    pool = pool or RecognizerPool(config.checkpoint, config.worker_threads)
+    pool = pool or RecognizerPool(config.checkpoint, config.worker_threads, config.device)
     page = _index_html()
 
     @asynccontextmanager
