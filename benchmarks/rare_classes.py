@@ -3,8 +3,10 @@
 For each checkpoint (and, with several, their average), scores the valid split
 as served (test-time flip, the checkpoint's own temperature) and reports
 accuracy, mean class accuracy and the recall of disgust, fear and contempt,
-with the served log-probabilities adjusted by -tau * log(training prior)
-(Menon et al. 2021, "Long-tail learning via logit adjustment") for each tau,
+with the served logits adjusted by -tau * log(training prior) (Menon et al.
+2021, "Long-tail learning via logit adjustment") for each tau, as `grefel
+calibrate --logit-adjustment TAU` serves them (checkpoints already adjusted are
+scored from their raw logits; several are averaged as calibrated log-probabilities),
 and the reliability head's corrected prediction where the model has one.
 
     python benchmarks/rare_classes.py --checkpoint runs/a/checkpoints/best.safetensors \
@@ -54,11 +56,12 @@ def main() -> int:
     for path in args.checkpoint:
         scored = score_checkpoint(path, source, "valid", "majority")
         info, preds = scored.info, scored.preds
-        logits = torch.from_numpy(preds.served_logits(info["serve"])).double() / float(info["temperature"])
-        served.append(torch.log_softmax(logits, -1).numpy())
+        raw, labels = preds.served_logits(info["serve"]), preds.label   # before the file's adjustment or temperature
+        # tau acts on these raw logits, as `grefel calibrate --logit-adjustment TAU` stores it
+        results[path] = {f"tau {t:g}": summary(raw - t * log_prior, labels) for t in args.taus}
+        # models are averaged as calibrated log-probabilities
+        served.append(torch.log_softmax(torch.from_numpy(raw).double() / float(info["temperature"]), -1).numpy())
         corrected.append(np.log(np.clip(preds.corrected, 1e-8, None)))
-        labels = preds.label
-        results[path] = {f"tau {t:g}": summary(served[-1] - t * log_prior, labels) for t in args.taus}
         if info["preset"] not in ("cnn_baseline", "face_baseline"):
             results[path]["reliability-corrected"] = summary(corrected[-1], labels)
     if len(served) > 1:

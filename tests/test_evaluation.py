@@ -181,7 +181,12 @@ def test_logit_adjustment_is_stored_served_and_scored(checkpoint, tmp_path):
     proc = run("evaluate", "--checkpoint", str(copy), "--data-root", str(FERPLUS_ROOT), "--split", "valid",
                "--workers", "0", "--output-json", str(report_path))
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(report_path.read_text())["logit_adjustment"] == 0.5
+    report = json.loads(report_path.read_text())
+    assert report["logit_adjustment"] == 0.5
+    # calibrate records what the adjusted file serves on its split; evaluate scores the same
+    for key in ("accuracy", "mean_class_accuracy", "macro_f1"):
+        assert report[key] == pytest.approx(info["calibration"][key], abs=1e-9), key
+    assert info["calibration"]["logit_adjustment"] == 0.5
     proc = run("calibrate", "--checkpoint", str(copy), "--data-root", str(FERPLUS_ROOT), "--workers", "0",
                "--logit-adjustment", "0")
     assert proc.returncode == 0 and "logit_adjustment" not in json.loads(copy.with_suffix(".json").read_text())
