@@ -182,7 +182,7 @@ def test_logit_adjustment_is_stored_served_and_scored(checkpoint, tmp_path):
                "--workers", "0", "--output-json", str(report_path))
     assert proc.returncode == 0, proc.stderr
     report = json.loads(report_path.read_text())
-    assert report["logit_adjustment"] == 0.5
+    assert report["logit_adjustment"] == 0.5 and "logit adjustment tau = 0.5" in proc.stdout
     # calibrate records what the adjusted file serves on its split; evaluate scores the same
     for key in ("accuracy", "mean_class_accuracy", "macro_f1"):
         assert report[key] == pytest.approx(info["calibration"][key], abs=1e-9), key

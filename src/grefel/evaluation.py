@@ -153,7 +153,8 @@ def format_report(report: dict[str, Any]) -> str:
     names = report["class_names"]
     lines = [
         f"{report['num_samples']} samples of the {report['dataset']}, serving the {report['serve']} prediction"
-        f" (T = {report['temperature']:.3g})",
+        f" (T = {report['temperature']:.3g}"
+        + (f", logit adjustment tau = {report['logit_adjustment']:g}" if report.get("logit_adjustment") else "") + ")",
         f"  accuracy             {report['accuracy']:.4f}",
         f"  mean class accuracy  {report['mean_class_accuracy']:.4f}",
         f"  macro F1             {report['macro_f1']:.4f}",
