@@ -99,7 +99,7 @@ def test_no_detect_csv_matches_the_evaluate_path(tmp_path, capsys, cache_dir):
     from grefel.engine import Amp
     from grefel.engine import predict as engine_predict
     from grefel.models import build_from_checkpoint
-    from grefel.models.model_file import resolve_checkpoint
+    from grefel.models.model_file import logit_shift, resolve_checkpoint
 
     rows = valid_rows(128)
     crops = copy_crops(tmp_path / "crops", 128)
@@ -122,7 +122,7 @@ def test_no_detect_csv_matches_the_evaluate_path(tmp_path, capsys, cache_dir):
     ds.transform = eval_transform(info["input"]["size"], info["input"]["channels"])
     preds = engine_predict(model, DataLoader(ds, batch_size=64, collate_fn=collate_samples),
                            device=torch.device("cpu"), amp=Amp("off", "cpu"), tta_flip=info["tta_flip"])
-    expected = torch.softmax(torch.from_numpy(preds.served_logits(info["serve"])).double()
+    expected = torch.softmax(torch.from_numpy(preds.served_logits(info["serve"], logit_shift(info))).double()
                              / info["temperature"], -1).numpy()
     names = [Path(i).name for i in ds.ids]                 # ids are FER2013Valid/<file>
     assert len(names) > 100
