@@ -24,16 +24,7 @@ from grefel.devices import resolve_device
 from grefel.engine.loops import Amp, Predictions, metrics_report, predict
 from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES
-from grefel.metrics import (
-    accuracy,
-    confusion_matrix,
-    expected_calibration_error,
-    macro_f1,
-    mean_class_accuracy,
-    nll,
-    per_class_recall,
-    vote_agreement,
-)
+from grefel.metrics import classification_report, expected_calibration_error, nll, vote_agreement
 from grefel.models.model_file import logit_shift, resolve_checkpoint, update_checkpoint_info
 from grefel.models.serving import ServingModel, served_tta_flip
 from grefel.plots import plot_confusion_matrix, plot_reliability_diagram
@@ -134,13 +125,12 @@ def calibrate_checkpoint(scored: Scored, output: str | Path | None = None,
     temperature = fit_temperature(logits, labels)
     before = torch.softmax(logits, -1).numpy()
     after = torch.softmax(logits / temperature, -1).numpy()
-    cm = confusion_matrix(scored.preds.label, after.argmax(1), after.shape[1])
     # What the calibrated file now serves on this split (a logit adjustment moves these; the temperature does not)
+    served = classification_report(after, scored.preds.label, scored.info["class_names"])
     result = {"temperature": temperature, "split": scored.split, "num_samples": len(labels), "serve": serve,
               "tta_flip": scored.tta_flip, "logit_adjustment": (info.get("logit_adjustment") or {}).get("tau", 0.0),
-              "accuracy": accuracy(scored.preds.label, after.argmax(1)), "mean_class_accuracy": mean_class_accuracy(cm),
-              "macro_f1": macro_f1(cm),
-              "recall": dict(zip(scored.info["class_names"], per_class_recall(cm).tolist())),
+              "accuracy": served["accuracy"], "mean_class_accuracy": served["mean_class_accuracy"],
+              "macro_f1": served["macro_f1"], "recall": served["per_class_recall"],
               "nll_before": nll(before, labels), "nll_after": nll(after, labels),
               "ece_before": expected_calibration_error(before, labels),
               "ece_after": expected_calibration_error(after, labels)}
