@@ -15,7 +15,7 @@ from torch import nn
 from grefel.models.cross_attention import CrossAttentionBlock
 from grefel.models.face_branch import FrozenFaceStages, face_branch
 from grefel.models.ir import IRBackbone
-from grefel.models.layers import Block, SqueezeExcitation, init_transformer_weights
+from grefel.models.layers import Block, SqueezeExcitation, checkpointed, init_transformer_weights
 from grefel.models.mobilefacenet import MobileFaceNet
 from grefel.models.pretrained import CNN_IMAGE, FACE, IR50, LANDMARKS
 from grefel.models.registry import ModelSpec, register_model
@@ -60,6 +60,9 @@ class GReFELConfig:
     tau: float = 1.0
     delta: float = 1.0
     attention_heads: int = 1
+    # Activation checkpointing (training memory for compute; outputs, gradients and BN statistics unchanged):
+    checkpoint_ir_stage1: bool = False  # IR input layer + stage 1, recomputed in backward
+    checkpoint_fusion: bool = False     # each cross-attention block and fusion ViT block, recomputed in backward
 
     @property
     def windows(self) -> tuple[int, int, int]:
@@ -168,7 +171,8 @@ class GReFEL(GReFELBase):
         self.face: FrozenFaceStages | None = None
         if cfg.image_backbone == "ir":
             widths = tuple(cfg.ir_widths)
-            self.image_backbone: nn.Module = IRBackbone(cfg.in_chans, cfg.ir_stem, widths, cfg.ir_units)
+            self.image_backbone: nn.Module = IRBackbone(cfg.in_chans, cfg.ir_stem, widths, cfg.ir_units,
+                                                        checkpoint_first_stage=cfg.checkpoint_ir_stage1)
             # IR maps come out at strides 2/4/8; a stride-2 conv per scale meets the landmark maps at 4/8/16.
             self.image_downsample = nn.ModuleList(nn.Conv2d(w, w, 3, 2, 1) for w in widths)
         elif cfg.image_backbone == "vgg":
@@ -184,6 +188,8 @@ class GReFEL(GReFELBase):
             self.image_downsample = nn.ModuleList(nn.Identity() for _ in widths)
         else:
             raise ValueError(f"image_backbone must be 'ir', 'vgg' or 'dlib', got {cfg.image_backbone!r}")
+        if cfg.checkpoint_ir_stage1 and cfg.image_backbone != "ir":
+            raise ValueError(f"checkpoint_ir_stage1 applies to the IR image branch; {preset} has {cfg.image_backbone!r}")
         # The 512-channel deepest landmark map gets the paper's trainable 3x3 conv; shallower maps
         # need a 1x1 projection only when a light preset narrows the image widths.
         self.landmark_proj = nn.ModuleList([
@@ -261,14 +267,16 @@ class GReFEL(GReFELBase):
             fi = down(fi)
             # Without the landmark branch (ablation) the image maps query themselves: same blocks, no geometry.
             query = self.landmark_proj[i](lm[i]) if lm is not None else fi
-            y = cross(fi, query)                                                # (B, W, W, C)
+            y = checkpointed(cross, fi, query) if cfg.checkpoint_fusion else cross(fi, query)  # (B, W, W, C)
             tokens.append(embed(y.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2))  # (B, 49, D)
         if self.landmark_tokens is not None:
             grid = cfg.windows[2]
             tokens += [conv(resample(fl, grid)).flatten(2).transpose(1, 2)          # (B, 49, D)
                        for conv, fl in zip(self.landmark_tokens, lm)]
         t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1)] + tokens, 1) + self.pos_embed  # (B, 148, D)
-        t = self.norm(self.blocks(t))
+        for block in self.blocks:
+            t = checkpointed(block, t) if cfg.checkpoint_fusion else block(t)    # (B, 148, D)
+        t = self.norm(t)
         return self.se(t[:, 0])                                                 # (B, D)
 
 

@@ -6,9 +6,13 @@ Attribute names follow timm's ViT (`norm1`, `attn.qkv`, `attn.proj`, `norm2`,
 
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class DropPath(nn.Module):
@@ -112,3 +116,37 @@ def init_transformer_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+@contextlib.contextmanager
+def _batch_norm_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Batch norms in `module` normalise with batch statistics as usual but leave their running
+    statistics (and batch counters) as they were: the recomputation of a checkpointed segment must not
+    update them a second time."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    try:
+        for m in norms:
+            m.momentum = 0.0   # running = (1 - 0) * running + 0 * batch
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def checkpointed(owner: nn.Module, *inputs: torch.Tensor, call: Callable[..., torch.Tensor] | None = None
+                 ) -> torch.Tensor:
+    """`call(*inputs)` (default `owner(*inputs)`, `call` running only modules inside `owner`), keeping only
+    the inputs for backward; the activations in between are recomputed there.
+
+    Outputs and gradients are those of the plain call: dropout and drop-path draw the same numbers
+    (the RNG state is replayed) and batch norms update their running statistics once, not twice.
+    Outside training or without autograd it is the plain call.
+    """
+    call = owner if call is None else call
+    if not (owner.training and torch.is_grad_enabled()):
+        return call(*inputs)
+    return checkpoint(call, *inputs, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _batch_norm_stats_kept(owner)))
