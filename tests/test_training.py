@@ -154,6 +154,31 @@ def _kill_during_epoch(cmd: list[str], run: Path, epoch: int) -> None:
     proc.wait(timeout=60)
 
 
+def test_loader_workers_from_a_fork_server_train_reproducibly(tmp_path):
+    """Data loader workers start from a fork server (not from the trainer's grown heap); their per-worker
+    seeding still makes two runs identical."""
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        proc = run_cli("train", "--config", str(tiny_config(tmp_path, epochs=1, num_workers=2, deterministic=True)),
+                       "--output-dir", str(out))
+        assert proc.returncode == 0, proc.stderr
+        runs.append(model_tensors(out))
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), f"{key} differs between two runs with workers"
+
+
+@pytest.mark.slow
+def test_compiled_training_runs_and_saves_the_plain_module(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--config", str(tiny_config(tmp_path, epochs=1, compile=True)), "--output-dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    tensors = load_file(str(out / "checkpoints" / "best.safetensors"))
+    assert tensors and not any("_orig_mod" in key for key in tensors)
+    assert json.loads((out / "checkpoints" / "best.json").read_text())["metrics"]["valid"]["num_samples"] == 128
+
+
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     config = tiny_config(tmp_path, epochs=3, deterministic=True, **{"optim.ema": True})
     base = [sys.executable, "-m", "grefel", "train", "--config", str(config)]

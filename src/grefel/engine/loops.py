@@ -52,6 +52,8 @@ class Amp:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself, under torch.compile's and DistributedDataParallel's wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 

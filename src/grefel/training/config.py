@@ -22,7 +22,7 @@ from grefel.models.model_file import SERVE_CHOICES
 
 SELECT_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 # Keys a resumed run may change: they alter no computed number, or (epochs) extend the run on purpose.
-RESUMABLE_CHANGES = {"epochs", "num_workers", "eval_batch_size", "wandb", "wandb_project", "log_every", "threads"}
+RESUMABLE_CHANGES = {"epochs", "num_workers", "eval_batch_size", "compile", "wandb", "wandb_project", "log_every", "threads"}
 
 
 @dataclass
@@ -68,6 +68,7 @@ class TrainConfig:
     select_metric: str = "accuracy"      # validation metric that picks best.safetensors
     tta_flip: bool = False               # validation with horizontal-flip test-time augmentation
     channels_last: bool = True
+    compile: bool = False                # torch.compile the training and validation forward (see the README)
     frozen_cache: bool = False           # compute the frozen parts' maps once and warp them per step
     threads: int | None = None           # torch intra-op threads (default: torch's choice)
     wandb: str = "auto"                  # auto | online | offline | off

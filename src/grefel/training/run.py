@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import shutil
 import sys
 from functools import partial
@@ -80,6 +81,21 @@ def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: boo
             shutil.rmtree(out / name, ignore_errors=True)
         for name in ("config.yaml", "metrics.csv", "summary.json"):
             (out / name).unlink(missing_ok=True)
+
+
+def loader_workers(num_workers: int) -> dict[str, Any]:
+    """DataLoader worker options: workers forked from a small fork server, where there is one.
+
+    Workers forked from the trainer itself inherit its heap, gigabytes once training has run (each epoch's
+    and each evaluation's workers fork anew), as copy-on-write pages that become each worker's own as the
+    trainer reuses its memory: 8 workers of the paper config added ~4.3 GB PSS that way. The server imports
+    the data modules once, so the workers forked from it share those pages too.
+    """
+    if num_workers == 0 or "forkserver" not in multiprocessing.get_all_start_methods():
+        return {"num_workers": num_workers}
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["grefel.data.dataset", "grefel.data.transforms"])
+    return {"num_workers": num_workers, "multiprocessing_context": context}
 
 
 def load_split(cfg: DataConfig, role: str):
@@ -259,10 +275,10 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
                                class_balanced_weights(train_ds.labels) if dcfg.balanced_sampling else None)
         loader_generator = torch.Generator()
         train_loader = DataLoader(train_ds, batch_size=cfg.batch_size // info.world_size, sampler=sampler,
-                                  num_workers=cfg.num_workers, collate_fn=collate_samples, drop_last=True,
-                                  generator=loader_generator, pin_memory=use_cuda)
+                                  collate_fn=collate_samples, drop_last=True, generator=loader_generator,
+                                  pin_memory=use_cuda, **loader_workers(cfg.num_workers))
         val_loader = DataLoader(val_ds, batch_size=cfg.eval_batch_size, sampler=ShardSampler(len(val_ds), info),
-                                num_workers=cfg.num_workers, collate_fn=collate_samples, pin_memory=use_cuda)
+                                collate_fn=collate_samples, pin_memory=use_cuda, **loader_workers(cfg.num_workers))
         steps_per_epoch = len(train_loader)
         total_steps = steps_per_epoch * cfg.epochs
 
@@ -274,6 +290,9 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         ema = build_ema(model, cfg.optim.ema_decay) if cfg.optim.ema else None
         net = DistributedDataParallel(model, device_ids=[device.index] if use_cuda else None) \
             if info.enabled else model
+        if cfg.compile:
+            # Compiles what steps and scores; `model` (its weights, what is saved) stays the plain module.
+            net = torch.compile(net)
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.epochs)
         amp = Amp(cfg.amp, device.type)
