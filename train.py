@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from grefel.cpu_memory import use_training_allocator
+    use_training_allocator()                   # before torch loads
     from grefel.errors import GrefelError
     from grefel.models import model_config
     from grefel.training import load_config, train

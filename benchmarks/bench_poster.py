@@ -16,8 +16,10 @@ checkout, the benchmark says so and times grefel alone.
 
 Inference times grefel as `grefel predict` and `grefel export` run it (`ServingModel`: batch norms folded
 into the convolutions), POSTER++ as its code runs. Training runs each side as its training code does:
-grefel in channels_last (`grefel train`'s default), POSTER++ in the default layout (`--poster-channels-last`
-gives it channels_last too).
+grefel in channels_last (`grefel train`'s default) and with `grefel train`'s CPU allocator settings
+(`grefel.cpu_memory`: freed blocks of 4 MiB and more returned to the OS, on 2 MiB pages), POSTER++ in the
+default layout and glibc's defaults (`--poster-channels-last`, `--poster-training-allocator` give it
+grefel's, to tell what the model saves from what the process settings save).
 
 `--loop` adds a real `grefel train` run at batch 32 (`configs/ferplus_paper.yaml`: SAM, its 8 data loader
 workers, evaluation at the training batch, as that config does) on a few batches of FERPlus, reporting the
@@ -34,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -220,18 +223,26 @@ def measure_loop(data_root: str, preset_overrides: list[str], batches: int, thre
                    "--set", f"data.limit_train={32 * batches}", "--set", "data.limit_val=256",
                    *[a for s in preset_overrides for a in ("--set", f"model_args.{s}")]]
         start = time.perf_counter()
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        log_path = Path(out) / "train.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         peak_pss = 0
-        while proc.poll() is None:
+        while True:
+            # wait4: this run's own peak RSS (RUSAGE_CHILDREN would be the largest of every phase so far).
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
             peak_pss = max(peak_pss, _tree_pss_kib(proc.pid))
             time.sleep(0.2)
-        log = proc.stdout.read()
-        if proc.returncode:
-            raise SystemExit(f"bench_poster: the grefel train run failed:\n{log[-2000:]}")
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        speed = re.search(r"images_per_s ([0-9.]+)", log_path.read_text())
+        if proc.returncode or not speed:
+            raise SystemExit(f"bench_poster: the grefel train run failed:\n{log_path.read_text()[-2000:]}")
         return {"model": "grefel train (configs/ferplus_paper.yaml)", "phase": "loop32", "batch": 32,
                 "train_batches": batches, "val_images": 256, "overrides": preset_overrides,
-                "seconds": round(time.perf_counter() - start, 1),
-                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+                "seconds": round(time.perf_counter() - start, 1), "train_images_per_s": float(speed.group(1)),
+                "allocator": os.environ.get("THP_MEM_ALLOC_ENABLE", "1") == "1",
+                "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
                 "peak_tree_pss_mib": round(peak_pss / 1024, 1)}
 
 
@@ -245,7 +256,7 @@ def table(rows: list[dict]) -> str:
             continue
         s = r["step_s"]
         name = r["model"] + (" " + ",".join(f"{k}={v}" for k, v in r["overrides"].items()) if r["overrides"] else "") \
-            + (" (channels_last)" if r["channels_last"] else "")
+            + (" (channels_last)" if r["channels_last"] else "") + (" (training allocator)" if r["allocator"] else "")
         lines.append(f"| {name} | {r['phase']} | {r['images_per_s']:.2f} | {s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f} "
                      f"| {r['cpu_util']:.2f} | {r['kernel_share']:.2f} | {r['peak_rss_mib']:.0f} |")
     by = {(r["model"], r["phase"]): r for r in rows}
@@ -275,6 +286,8 @@ def main() -> None:
                         help="training step: SAM around AdamW (both recipes) or plain AdamW")
     parser.add_argument("--poster-channels-last", action="store_true",
                         help="run POSTER++ in channels_last too (its code does not; grefel train does by default)")
+    parser.add_argument("--poster-training-allocator", action="store_true",
+                        help="train POSTER++ with grefel train's CPU allocator settings too (grefel.cpu_memory)")
     parser.add_argument("--loop", action="store_true", help="also a real `grefel train` run at batch 32 (needs FERPlus)")
     parser.add_argument("--loop-batches", type=int, default=4)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets" / "ferplus"))
@@ -294,12 +307,13 @@ def main() -> None:
         parser.error(f"--phases: unknown {', '.join(unknown)}; expected some of {', '.join(PHASES)}")
     overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
     # Each side as its training code runs it: grefel train puts the model in channels_last (TrainConfig's
-    # default); POSTER++'s main_8.py does not.
+    # default) and sets its allocator; POSTER++'s main_8.py does neither.
+    from grefel.cpu_memory import TRAINING_ALLOCATOR_ENV
     from grefel.training.config import TrainConfig
 
-    models = [(args.preset, overrides, TrainConfig.channels_last)]
+    models = [(args.preset, overrides, TrainConfig.channels_last, True)]
     if args.poster_src:
-        models.insert(0, ("poster++", {}, args.poster_channels_last))
+        models.insert(0, ("poster++", {}, args.poster_channels_last, args.poster_training_allocator))
     else:
         print("bench_poster: no --poster-src given: timing grefel alone (POSTER++: github.com/Talented-Q/POSTER_V2)",
               file=sys.stderr)
@@ -307,15 +321,16 @@ def main() -> None:
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     for phase in phases:
-        for name, model_overrides, channels_last in models:
+        for name, model_overrides, channels_last, allocator in models:
             spec = dict(model_name=name, overrides=model_overrides, phase=phase, steps=args.steps, warmup=args.warmup,
                         optimizer=args.optimizer, poster_src=args.poster_src, channels_last=channels_last,
                         threads=args.threads)
+            allocator = allocator and PHASES[phase][0] == "train"     # grefel predict keeps glibc's defaults
             out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                                 text=True, env=env)
+                                 text=True, env={**env, **TRAINING_ALLOCATOR_ENV} if allocator else env)
             if out.returncode:
                 raise SystemExit(f"bench_poster: {name} {phase} failed:\n{out.stderr[-3000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append({**json.loads(out.stdout.strip().splitlines()[-1]), "allocator": allocator})
             print(json.dumps(rows[-1]), flush=True)
     if args.loop:
         rows.append(measure_loop(args.data_root, args.set, args.loop_batches, args.threads))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from grefel.cpu_memory import use_training_allocator
 from grefel.devices import DEVICE_CHOICES
 
 
@@ -41,6 +42,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train_command(args: argparse.Namespace) -> int:
+    use_training_allocator()                   # before torch loads
     extra: dict[str, Any] = {}
     if args.data_root:
         extra["data.source.root"] = args.data_root
