@@ -274,11 +274,12 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         sampler = EpochSampler(len(train_ds), cfg.seed, info,
                                class_balanced_weights(train_ds.labels) if dcfg.balanced_sampling else None)
         loader_generator = torch.Generator()
+        workers = loader_workers(cfg.num_workers)
         train_loader = DataLoader(train_ds, batch_size=cfg.batch_size // info.world_size, sampler=sampler,
                                   collate_fn=collate_samples, drop_last=True, generator=loader_generator,
-                                  pin_memory=use_cuda, **loader_workers(cfg.num_workers))
+                                  pin_memory=use_cuda, **workers)
         val_loader = DataLoader(val_ds, batch_size=cfg.eval_batch_size, sampler=ShardSampler(len(val_ds), info),
-                                collate_fn=collate_samples, pin_memory=use_cuda, **loader_workers(cfg.num_workers))
+                                collate_fn=collate_samples, pin_memory=use_cuda, **workers)
         steps_per_epoch = len(train_loader)
         total_steps = steps_per_epoch * cfg.epochs
 
