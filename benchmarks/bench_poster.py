@@ -15,7 +15,9 @@ the two checkpoint loads, so its backbones stay randomly initialised, like grefe
 checkout, the benchmark says so and times grefel alone.
 
 Inference times grefel as `grefel predict` and `grefel export` run it (`ServingModel`: batch norms folded
-into the convolutions), POSTER++ as its code runs. Training runs each side as its training code does:
+into the convolutions), POSTER++ as its code runs; `--inference-backend onnx` runs both exported to ONNX
+Runtime instead (grefel as `grefel predict --backend onnx` runs it), which takes eager-mode overheads out of
+the comparison. Training runs each side as its training code does:
 grefel in channels_last (`grefel train`'s default) and with `grefel train`'s CPU allocator settings
 (`grefel.cpu_memory`: freed blocks of 4 MiB and more returned to the OS, on 2 MiB pages), POSTER++ in the
 default layout and glibc's defaults (`--poster-channels-last`, `--poster-training-allocator` give it
@@ -44,6 +46,7 @@ import sys
 import tempfile
 import time
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -123,8 +126,33 @@ def build_poster(source: str) -> torch.nn.Module:
 
 # ---------------------------------------------------------------- one phase, in a child process
 
+def onnx_step(model: torch.nn.Module, x: torch.Tensor, threads: int, is_poster: bool):
+    """One ONNX Runtime run of `model` on `x`, as `grefel predict --backend onnx` runs it (its session options);
+    grefel exported by `grefel export`'s code (dynamic batch), POSTER++ at this batch (its forward bakes the
+    batch size into reshapes, so a dynamic-batch export of it fails at run time)."""
+    import onnxruntime as ort
+
+    path = Path(tempfile.mkdtemp(prefix="bench_poster_")) / "model.onnx"
+    if is_poster:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                              input_names=["image"], output_names=["logits"])
+    else:
+        model.export_onnx(path, tuple(x.shape))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    feed = {"image": x.contiguous().numpy()}
+    with torch.inference_mode():
+        reference = model(x).numpy()
+    max_abs_diff = float(abs(session.run(None, feed)[0] - reference).max())
+    return (lambda: session.run(None, feed)), max_abs_diff
+
+
 def measure(model_name: str, overrides: dict, phase: str, steps: int, warmup: int, optimizer: str,
-            poster_src: str | None, channels_last: bool) -> dict:
+            poster_src: str | None, channels_last: bool, backend: str = "torch") -> dict:
     from grefel.engine.losses import GReFELLoss
     from grefel.engine.optim import SAM
     from grefel.models import create_model
@@ -169,10 +197,12 @@ def measure(model_name: str, overrides: dict, phase: str, steps: int, warmup: in
             # As `grefel predict` and `grefel export` run it: batch norms folded into the convs.
             model = ServingModel(model)
         model.eval()
-
-        def step() -> None:
-            with torch.inference_mode():
-                model(x)
+        if backend == "onnx":
+            step, onnx_max_abs_diff = onnx_step(model, x, torch.get_num_threads(), is_poster)
+        else:
+            def step() -> None:
+                with torch.inference_mode():
+                    model(x)
 
     for _ in range(warmup):
         step()
@@ -186,6 +216,8 @@ def measure(model_name: str, overrides: dict, phase: str, steps: int, warmup: in
     median = statistics.median(seconds)
     return {"model": model_name, "overrides": overrides, "phase": phase, "mode": mode, "batch": batch,
             "optimizer": optimizer if mode == "train" else None, "channels_last": channels_last, "params": params,
+            "backend": backend if mode == "infer" else "torch",
+            **({"onnx_max_abs_diff": onnx_max_abs_diff} if mode == "infer" and backend == "onnx" else {}),
             "images_per_s": round(batch / median, 3),
             "step_s": {"min": round(min(seconds), 3), "median": round(median, 3), "max": round(max(seconds), 3)},
             "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(),
@@ -256,7 +288,8 @@ def table(rows: list[dict]) -> str:
             continue
         s = r["step_s"]
         name = r["model"] + (" " + ",".join(f"{k}={v}" for k, v in r["overrides"].items()) if r["overrides"] else "") \
-            + (" (channels_last)" if r["channels_last"] else "") + (" (training allocator)" if r["allocator"] else "")
+            + (" (channels_last)" if r["channels_last"] else "") + (" (training allocator)" if r["allocator"] else "") \
+            + (" (onnxruntime)" if r.get("backend") == "onnx" else "")
         lines.append(f"| {name} | {r['phase']} | {r['images_per_s']:.2f} | {s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f} "
                      f"| {r['cpu_util']:.2f} | {r['kernel_share']:.2f} | {r['peak_rss_mib']:.0f} |")
     by = {(r["model"], r["phase"]): r for r in rows}
@@ -288,6 +321,8 @@ def main() -> None:
                         help="run POSTER++ in channels_last too (its code does not; grefel train does by default)")
     parser.add_argument("--poster-training-allocator", action="store_true",
                         help="train POSTER++ with grefel train's CPU allocator settings too (grefel.cpu_memory)")
+    parser.add_argument("--inference-backend", choices=["torch", "onnx"], default="torch",
+                        help="run the inference phases in PyTorch (default) or both sides exported to ONNX Runtime")
     parser.add_argument("--loop", action="store_true", help="also a real `grefel train` run at batch 32 (needs FERPlus)")
     parser.add_argument("--loop-batches", type=int, default=4)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets" / "ferplus"))
@@ -324,7 +359,7 @@ def main() -> None:
         for name, model_overrides, channels_last, allocator in models:
             spec = dict(model_name=name, overrides=model_overrides, phase=phase, steps=args.steps, warmup=args.warmup,
                         optimizer=args.optimizer, poster_src=args.poster_src, channels_last=channels_last,
-                        threads=args.threads)
+                        threads=args.threads, backend=args.inference_backend)
             allocator = allocator and PHASES[phase][0] == "train"     # grefel predict keeps glibc's defaults
             out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
                                  text=True, env={**env, **TRAINING_ALLOCATOR_ENV} if allocator else env)
