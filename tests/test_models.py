@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from grefel.errors import WeightsError
+from grefel.errors import ConfigError, WeightsError
 from grefel.fileio import load_state_dict
 from grefel.models import (
     FaceBaselineConfig,
     GReFELConfig,
     GReFELViTConfig,
     PlainCNNConfig,
+    PlainCNNEnsembleConfig,
     create_model,
+    ensemble_from_checkpoints,
     kappa,
     list_models,
     model_config,
@@ -37,11 +39,13 @@ TINY = {
     GReFELViTConfig: dict(input_size=32, landmark_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
                           cross_heads=2, num_anchors=3),
     PlainCNNConfig: dict(input_size=32, widths=(8, 16, 16, 32)),
+    PlainCNNEnsembleConfig: dict(input_size=32, widths=(8, 16, 16, 32), members=2),
     FaceBaselineConfig: dict(input_size=32),  # the dlib branch keeps its pretrained sizes
 }
 PRESETS = list_models()
 # Presets with the frozen landmark branch and the reliability head (all but the plain baselines).
-GREFEL_PRESETS = [n for n in PRESETS if model_spec(n).config_class not in (PlainCNNConfig, FaceBaselineConfig)]
+PLAIN_CONFIGS = (PlainCNNConfig, PlainCNNEnsembleConfig, FaceBaselineConfig)
+GREFEL_PRESETS = [n for n in PRESETS if model_spec(n).config_class not in PLAIN_CONFIGS]
 FROZEN_PREFIXES = ("landmarks.", "face.")  # the frozen landmark network and the frozen stages of the dlib branch
 
 
@@ -382,3 +386,57 @@ def test_fold_batchnorm_keeps_the_outputs(name):
         after = fold_batchnorm(model)(x).logits
     assert count() < before_count
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * before.abs().max().item())
+
+
+def _cnn_file(path, seed: int, **overrides):
+    from grefel.config import to_dict
+    from grefel.labels import CANONICAL_CLASSES
+    from grefel.models.model_file import save_model_checkpoint
+
+    model = tiny("cnn_baseline", **overrides).eval()
+    torch.manual_seed(seed)
+    for p in model.parameters():            # members that differ, or averaging them proves nothing
+        p.data.normal_(0, 0.2)
+    save_model_checkpoint(path, model, {
+        "preset": "cnn_baseline", "model": to_dict(model.config), "class_names": list(CANONICAL_CLASSES),
+        "input": {"size": 32, "channels": 3}, "preprocessing": {"color": "grey", "crop_size": 32},
+        "serve": "primary", "temperature": 1.3, "training": {"data": {"train_class_counts": [9, 8, 7, 6, 5, 1, 2, 1]}}})
+    return model
+
+
+def test_cnn_ensemble_averages_its_members_logits_and_round_trips_through_a_model_file(tmp_path):
+    from grefel.commands import main
+    from grefel.models import build_from_checkpoint
+
+    members = [_cnn_file(tmp_path / f"m{i}", seed=i) for i in range(3)]
+    paths = [str(tmp_path / f"m{i}.safetensors") for i in range(3)]
+    ensemble, info = ensemble_from_checkpoints(paths)
+    x = batch_for(members[0], 5)
+    with torch.no_grad():
+        expected = torch.stack([m(x).logits for m in members]).mean(0)
+        torch.testing.assert_close(ensemble(x).logits, expected)
+    assert info["preset"] == "cnn_ensemble" and info["model"]["members"] == 3
+    assert info["temperature"] == 1.0 and "logit_adjustment" not in info   # to be fitted on the ensemble
+    assert info["training"]["data"]["train_class_counts"] == [9, 8, 7, 6, 5, 1, 2, 1]
+    assert [m["path"] for m in info["ensemble"]] == paths
+    # The command writes one model file that builds the same model.
+    assert main(["model", "ensemble", *paths, "--output", str(tmp_path / "ens")]) == 0
+    rebuilt, saved = build_from_checkpoint(tmp_path / "ens.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x).logits, expected)
+    assert saved["training"]["command"].startswith("grefel model ensemble")
+
+
+def test_cnn_ensemble_refuses_members_that_do_not_match(tmp_path):
+    _cnn_file(tmp_path / "a", seed=0)
+    _cnn_file(tmp_path / "wide", seed=1, widths=(8, 16, 16, 64))
+    a, wide = str(tmp_path / "a.safetensors"), str(tmp_path / "wide.safetensors")
+    with pytest.raises(ConfigError, match=r"wide.safetensors: its 'model' differs from .*a.safetensors"):
+        ensemble_from_checkpoints([a, wide])
+    with pytest.raises(ConfigError, match="at least two model files, got 1"):
+        ensemble_from_checkpoints([a])
+    ensemble, info = ensemble_from_checkpoints([a, a])   # the same file twice is allowed (and pointless)
+    from grefel.models.model_file import save_model_checkpoint
+    save_model_checkpoint(tmp_path / "ens", ensemble, info)
+    with pytest.raises(ConfigError, match=r"ens.safetensors: a cnn_ensemble model file; cnn_ensemble averages cnn_baseline"):
+        ensemble_from_checkpoints([str(tmp_path / "ens.safetensors"), a])

@@ -3,6 +3,7 @@
     grefel model presets                      the registered presets
     grefel model summary --preset NAME        parameters, input size and FLOPs of a preset, as JSON
     grefel model list [DIR...]                the shipped model and the checkpoints under runs/ and outputs/
+    grefel model ensemble A B [...] --output X   one model file averaging trained cnn_baseline models
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                                  "under the current folder, where present)")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(func=run_list)
+    ensemble = sub.add_parser("ensemble", help="one model file (cnn_ensemble) averaging the logits of trained "
+                                               "cnn_baseline model files; calibrate it next")
+    ensemble.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more cnn_baseline model files")
+    ensemble.add_argument("--output", required=True, help="where to write it (X.safetensors + X.json)")
+    ensemble.set_defaults(func=run_ensemble)
 
 
 def count_gflops(model, input_size: int, in_chans: int) -> float:
@@ -69,6 +75,22 @@ def run_summary(args: argparse.Namespace) -> int:
     # POSTER++ quotes multiply-accumulates (8.4 "GFLOPs" = 8.4 GMACs); we give both.
     summary.update(gflops=round(gflops, 3), gmacs=round(gflops / 2, 3))
     print(json.dumps(summary))
+    return 0
+
+
+def run_ensemble(args: argparse.Namespace) -> int:
+    import shlex
+
+    from grefel.models import ensemble_from_checkpoints
+    from grefel.models.model_file import checkpoint_paths, save_model_checkpoint
+
+    model, info = ensemble_from_checkpoints(args.checkpoints)
+    info["training"]["command"] = shlex.join(["grefel", "model", "ensemble", *args.checkpoints, "--output", args.output])
+    stem = checkpoint_paths(args.output)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    save_model_checkpoint(stem, model, info)
+    print(f"{stem}.safetensors: {len(args.checkpoints)} members; temperature 1 until you run "
+          f"`grefel calibrate --checkpoint {stem}.safetensors --data-root ...`")
     return 0
 
 

@@ -56,3 +56,40 @@ register_model(ModelSpec(
     "cnn_baseline", PlainCNN, PlainCNNConfig, {},  # widths 32-256: grefel_vgg's image branch
     "plain VGG-style CNN baseline (no landmarks, no reliability head), for comparison",
 ))
+
+
+@dataclass
+class PlainCNNEnsembleConfig(PlainCNNConfig):
+    members: int = 2
+
+
+class PlainCNNEnsemble(nn.Module):
+    """Several cnn_baseline models of one configuration whose logits are averaged: a seed ensemble in one
+    model file (`grefel model ensemble` assembles it from trained members). Averaging logits, not
+    probabilities, keeps one set of logits for temperature scaling and logit adjustment."""
+
+    member_preset = "cnn_baseline"
+
+    def __init__(self, config: PlainCNNEnsembleConfig, preset: str = "cnn_ensemble"):
+        super().__init__()
+        if config.members < 1:
+            raise ValueError(f"members must be at least 1, got {config.members}")
+        self.config, self.preset = config, preset
+        member = PlainCNNConfig(**{f: getattr(config, f) for f in PlainCNNConfig.__dataclass_fields__})
+        self.members = nn.ModuleList(PlainCNN(member, preset) for _ in range(config.members))
+
+    def forward(self, x: torch.Tensor, trust: float = 1.0) -> GReFELOutput:
+        outs = [m(x) for m in self.members]
+        logits = torch.stack([o.logits for o in outs]).mean(0)                # (B, C)
+        p = F.softmax(logits / self.config.tau, -1)
+        return GReFELOutput(logits=logits, primary=p, corrected=p,
+                            embedding=torch.cat([o.embedding for o in outs], -1))  # (B, members * widths[-1])
+
+    def feature_extractor_parameters(self) -> int:
+        return sum(m.feature_extractor_parameters() for m in self.members)
+
+
+register_model(ModelSpec(
+    "cnn_ensemble", PlainCNNEnsemble, PlainCNNEnsembleConfig, {},
+    "the logits of several cnn_baseline models averaged (a seed ensemble; `grefel model ensemble` builds one)",
+))

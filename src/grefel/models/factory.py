@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
@@ -37,6 +38,40 @@ def build_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
     except ConfigError as exc:  # e.g. sizes the layers cannot take
         raise ConfigError(f"{checkpoint_paths(path).with_suffix('.json')}: {exc}") from None
     load_strict(model, tensors, checkpoint_paths(path).with_suffix(".safetensors"))
+    return model.eval(), info
+
+
+# What members of one ensemble must share: same network, same labels, same input contract, same serving.
+_ENSEMBLE_SHARED = ("preset", "model", "class_names", "input", "preprocessing", "serve", "tta_flip")
+
+
+def ensemble_from_checkpoints(paths: Sequence[str | os.PathLike], preset: str = "cnn_ensemble"
+                              ) -> tuple[nn.Module, dict[str, Any]]:
+    """An ensemble preset built from trained model files of its member preset (one file per member,
+    weights loaded strictly) and the info of its model file: the members' shared inference contract,
+    temperature 1 and no logit adjustment (fit both with `grefel calibrate`), the members' provenance."""
+    spec = model_spec(preset)
+    member_preset = getattr(spec.build, "member_preset", None)
+    if member_preset is None:
+        raise ConfigError(f"model {preset}: not an ensemble preset")
+    if len(paths) < 2:
+        raise ConfigError(f"an ensemble needs at least two model files, got {len(paths)}")
+    read = [read_model_checkpoint(p) for p in paths]
+    first = read[0][1]
+    for path, (_, info) in zip(paths, read):
+        if info["preset"] != member_preset:
+            raise ConfigError(f"{path}: a {info['preset']} model file; {preset} averages {member_preset} models")
+        differs = next((k for k in _ENSEMBLE_SHARED if info.get(k) != first.get(k)), None)
+        if differs:
+            raise ConfigError(f"{path}: its {differs!r} differs from {paths[0]}'s; ensemble members must share it")
+    model = _build(preset, {**first["model"], "members": len(paths)})
+    for member, path, (tensors, _) in zip(model.members, paths, read):
+        load_strict(member, tensors, path)
+    info = {k: first[k] for k in _ENSEMBLE_SHARED if k in first}
+    info.update(preset=preset, model=dataclasses.asdict(model.config), temperature=1.0,
+                training={"data": first.get("training", {}).get("data", {})},
+                ensemble=[{"path": str(path), "weights_sha256": i.get("weights_sha256"),
+                           "training": i.get("training"), "metrics": i.get("metrics")} for path, (_, i) in zip(paths, read)])
     return model.eval(), info
 
 
