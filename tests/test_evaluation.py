@@ -75,6 +75,11 @@ def test_evaluate_report_json_and_plots(checkpoint, tmp_path):
     assert people["faces_with_votes"] == 3191 and people["human_ceiling"] == pytest.approx(0.8031, abs=1e-4)
     assert people["top2_accuracy"] >= report["accuracy"] and 0 < people["annotator_agreement"] < 1
     assert "human ceiling" in proc.stdout
+    # One annotator's recall per class: contempt, the rarest, is found by about half of them.
+    assert list(people["human_recall"]) == list(CANONICAL_CLASSES)
+    assert people["human_recall"]["contempt"] == pytest.approx(0.5517, abs=1e-4)
+    assert people["human_recall"]["happiness"] == pytest.approx(0.9278, abs=1e-4)
+    assert "one annotator" in proc.stdout
 
 
 def test_seven_class_dataset_is_scored_on_the_shared_classes(checkpoint, seven_class_folder, tmp_path):

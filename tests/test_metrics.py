@@ -203,6 +203,11 @@ def test_vote_agreement_by_hand():
     kl = [math.log(1 / 0.9), 0.5 * math.log(0.5 / 0.1) + 0.5 * math.log(0.5 / 0.9), math.log(1 / 0.2)]
     assert got["kl_from_votes"] == pytest.approx(np.mean(kl), rel=1e-6)
     assert got["faces_with_votes"] == 3
+    # Per class, each vote against the plurality of the others on its face. Neutral is the reference of
+    # face 1's ten votes (all hits), face 2's five happiness votes, face 3's six neutral votes (hits) and
+    # its four unknown / not-a-face votes; happiness is the reference of face 2's five neutral votes.
+    assert got["human_recall"][:2] == [pytest.approx(16 / 25), 0.0]
+    assert got["human_recall"][2:] == [None] * 6
 
 
 def test_vote_agreement_ties_share_the_credit_and_shapes_are_checked():
@@ -213,5 +218,7 @@ def test_vote_agreement_ties_share_the_credit_and_shapes_are_checked():
     got = M.vote_agreement(np.full((1, 8), 1 / 8), np.array([[3, 2, 0, 0, 0, 0, 0, 0, 0, 0]]))
     # neutral voters (3): others 2/2 tie between neutral and happiness -> 1/2 each; happiness voters (2): 0
     assert got["human_ceiling"] == pytest.approx(3 * 0.5 / 5)
+    # the tie splits each neutral vote's reference: half neutral (a hit), half happiness (a miss)
+    assert got["human_recall"][:2] == [pytest.approx(1.5 / (1.5 + 2)), 0.0]
     with pytest.raises(DataError, match="votes"):
         M.vote_agreement(np.full((2, 8), 1 / 8), np.zeros((3, 10)))

@@ -99,7 +99,8 @@ def evaluate_checkpoint(scored: Scored, serve: str | None = None, plots: str | P
     probs = torch.softmax(torch.from_numpy(preds.served_logits(serve, shift)).double() / report["temperature"],
                           -1).numpy()
     if ds.votes is not None and note is None:
-        report["agreement_with_people"] = vote_agreement(probs, ds.votes[preds.index])
+        people = vote_agreement(probs, ds.votes[preds.index])
+        report["agreement_with_people"] = {**people, "human_recall": dict(zip(names, people["human_recall"]))}
     if plots:
         plot_confusion_matrix(np.array(report["confusion_matrix"]), names, Path(plots) / "confusion_matrix.png",
                               title=f"{scored.split} ({report['num_samples']} samples)")
@@ -155,15 +156,18 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     if report.get("dropped"):
         lines.append("  dropped samples      " + ", ".join(f"{k} {v}" for k, v in sorted(report["dropped"].items())))
+    # One annotator's recall of each class beside the model's (FERPlus votes), where the data has votes.
+    human = report.get("agreement_with_people", {}).get("human_recall")
     lines += [
         "",
-        f"  {'class':<10} {'recall':>7} {'precision':>9} {'support':>8}",
+        f"  {'class':<10} {'recall':>7} {'precision':>9} {'support':>8}" + (f" {'one annotator':>14}" if human else ""),
     ]
     cm = report["confusion_matrix"]
+    fmt = lambda v: "   -   " if v is None else f"{v:7.4f}"  # noqa: E731
     for i, name in enumerate(names):
         rec, prec = report["per_class_recall"][name], report["per_class_precision"][name]
-        fmt = lambda v: "   -   " if v is None else f"{v:7.4f}"  # noqa: E731
-        lines.append(f"  {name:<10} {fmt(rec)} {fmt(prec):>9} {sum(cm[i]):>8}")
+        lines.append(f"  {name:<10} {fmt(rec)} {fmt(prec):>9} {sum(cm[i]):>8}"
+                     + (f" {fmt(human.get(name)):>14}" if human else ""))
     lines += ["", "  confusion matrix (rows true, columns predicted):",
               "  " + " " * 10 + "".join(f"{n[:6]:>7}" for n in names)]
     lines += [f"  {n:<10}" + "".join(f"{v:>7}" for v in row) for n, row in zip(names, cm)]

@@ -226,7 +226,7 @@ def classification_report(probs: Any, y_true: Any, class_names: Sequence[str],
     return {prefix + key: value for key, value in report.items()}
 
 
-def vote_agreement(probs: Any, votes: Any) -> dict[str, float]:
+def vote_agreement(probs: Any, votes: Any) -> dict[str, Any]:
     """How a model's probabilities compare with people, from FERPlus's per-face annotator counts.
 
     `votes` is (N, >= C) raw counts, the first C columns the model's classes in the same order (FERPlus
@@ -238,6 +238,9 @@ def vote_agreement(probs: Any, votes: Any) -> dict[str, float]:
     - `human_ceiling`: the same share for the annotators themselves: each vote matched against the
       plurality of the other votes on its face (a tie among k classes counts 1/k), averaged over all
       votes. A model that agrees with the majority this often is as consistent as one annotator.
+    - `human_recall`: per class k (a list in class order, None where no vote has it as reference), the
+      same share among the votes whose others' plurality is k: one annotator's recall of class k, to
+      set beside the model's per-class recall.
     Faces without emotion votes are skipped.
     """
     p = _probs(probs)
@@ -255,14 +258,19 @@ def vote_agreement(probs: Any, votes: Any) -> dict[str, float]:
     plurality = emotions.argmax(1)
     agreement = emotions[np.arange(len(p)), p.argmax(1)] / counts.sum(1)
     hits, total = 0.0, counts.sum()
+    class_hits, class_total = np.zeros(c), np.zeros(c)
     for j in range(counts.shape[1]):                                               # leave one vote of column j out
         others = counts - np.eye(counts.shape[1])[j]                               # (N, V)
-        best = others.max(1, keepdims=True)
-        tied = (others == best).sum(1)
-        hits += (counts[:, j] * (others[:, j] == best[:, 0]) / tied).sum()
+        is_best = others == others.max(1, keepdims=True)                           # (N, V) the others' plurality
+        share = counts[:, j] / is_best.sum(1)                                      # (N,) a tie splits the credit
+        hits += (share * is_best[:, j]).sum()
+        class_total += (share[:, None] * is_best[:, :c]).sum(0)                    # votes whose reference is class k
+        if j < c:
+            class_hits[j] += (share * is_best[:, j]).sum()
+    human_recall = [float(h / t) if t > 0 else None for h, t in zip(class_hits, class_total)]
     return {"kl_from_votes": float(kl.mean()), "top2_accuracy": float((top2 == plurality[:, None]).any(1).mean()),
             "annotator_agreement": float(agreement.mean()), "human_ceiling": float(hits / total),
-            "faces_with_votes": int(keep.sum())}
+            "human_recall": human_recall, "faces_with_votes": int(keep.sum())}
 
 
 def restrict_to_classes(probs: Any, class_indices: Sequence[int]) -> np.ndarray:
