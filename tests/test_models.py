@@ -433,6 +433,14 @@ def test_cnn_ensemble_refuses_members_that_do_not_match(tmp_path):
     a, wide = str(tmp_path / "a.safetensors"), str(tmp_path / "wide.safetensors")
     with pytest.raises(ConfigError, match=r"wide.safetensors: its 'model' differs from .*a.safetensors"):
         ensemble_from_checkpoints([a, wide])
+    # Files written before a module move describe the alignment in other words: the numbers decide.
+    from grefel.fileio import read_pair, write_pair
+    tensors, info = read_pair(tmp_path / "a")
+    write_pair(tmp_path / "old", tensors, {**info, "preprocessing": {**info["preprocessing"], "alignment": "older words"}})
+    ensemble_from_checkpoints([a, str(tmp_path / "old.safetensors")])
+    write_pair(tmp_path / "rgb", tensors, {**info, "preprocessing": {**info["preprocessing"], "color": "rgb"}})
+    with pytest.raises(ConfigError, match="its 'preprocessing' differs"):
+        ensemble_from_checkpoints([a, str(tmp_path / "rgb.safetensors")])
     with pytest.raises(ConfigError, match="at least two model files, got 1"):
         ensemble_from_checkpoints([a])
     ensemble, info = ensemble_from_checkpoints([a, a])   # the same file twice is allowed (and pointless)

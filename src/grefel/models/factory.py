@@ -45,6 +45,13 @@ def build_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
 _ENSEMBLE_SHARED = ("preset", "model", "class_names", "input", "preprocessing", "serve", "tta_flip")
 
 
+def _contract(info: dict[str, Any], key: str) -> Any:
+    """`info[key]` as members must share it: the preprocessing's prose `alignment` description is left out
+    (older files name the template's previous module); its numbers (`align_template`, sizes) are compared."""
+    value = info.get(key)
+    return {k: v for k, v in value.items() if k != "alignment"} if key == "preprocessing" and value else value
+
+
 def ensemble_from_checkpoints(paths: Sequence[str | os.PathLike], preset: str = "cnn_ensemble"
                               ) -> tuple[nn.Module, dict[str, Any]]:
     """An ensemble preset built from trained model files of its member preset (one file per member,
@@ -61,7 +68,7 @@ def ensemble_from_checkpoints(paths: Sequence[str | os.PathLike], preset: str = 
     for path, (_, info) in zip(paths, read):
         if info["preset"] != member_preset:
             raise ConfigError(f"{path}: a {info['preset']} model file; {preset} averages {member_preset} models")
-        differs = next((k for k in _ENSEMBLE_SHARED if info.get(k) != first.get(k)), None)
+        differs = next((k for k in _ENSEMBLE_SHARED if _contract(info, k) != _contract(first, k)), None)
         if differs:
             raise ConfigError(f"{path}: its {differs!r} differs from {paths[0]}'s; ensemble members must share it")
     model = _build(preset, {**first["model"], "members": len(paths)})
