@@ -425,6 +425,14 @@ def test_cnn_ensemble_averages_its_members_logits_and_round_trips_through_a_mode
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x).logits, expected)
     assert saved["training"]["command"].startswith("grefel model ensemble")
+    # `grefel model list` shows it; no run trained it, so its figures are those of its calibration.
+    from grefel.commands.model import find_checkpoints
+    from grefel.models.model_file import update_checkpoint_info
+    row = lambda: next(r for r in find_checkpoints([str(tmp_path)]) if r["path"].endswith("ens.safetensors"))  # noqa: E731
+    assert row()["preset"] == "cnn_ensemble" and row()["accuracy"] is None
+    update_checkpoint_info(tmp_path / "ens.safetensors",
+                           {**saved, "calibration": {"accuracy": 0.5, "mean_class_accuracy": 0.4, "ece_after": 0.02}})
+    assert (row()["accuracy"], row()["mean_class_accuracy"], row()["ece"]) == (0.5, 0.4, 0.02)
 
 
 def test_cnn_ensemble_refuses_members_that_do_not_match(tmp_path):

@@ -113,11 +113,12 @@ def describe(path: Path, origin: str) -> dict[str, Any] | None:
     if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
         return None
     weights = path.with_suffix(".safetensors")
-    valid = info.get("metrics", {}).get("valid", {})
+    # A file no run trained (an ensemble) has no training-time figures: its calibration's, once calibrated.
+    valid = info.get("metrics", {}).get("valid") or info.get("calibration", {})
     return {"origin": origin, "path": str(weights), "preset": info.get("preset"),
             "classes": len(info.get("class_names", [])), "accuracy": valid.get("accuracy"),
             "mean_class_accuracy": valid.get("mean_class_accuracy"), "macro_f1": valid.get("macro_f1"),
-            "ece": valid.get("ece"), "temperature": info.get("temperature"),
+            "ece": valid.get("ece", valid.get("ece_after")), "temperature": info.get("temperature"),
             "size_mb": round(weights.stat().st_size / 1e6, 1) if weights.is_file() else None,
             "epoch": info.get("training", {}).get("epoch"), "warning": info.get("warning")}
 
