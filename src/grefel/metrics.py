@@ -263,10 +263,11 @@ def vote_agreement(probs: Any, votes: Any) -> dict[str, Any]:
         others = counts - np.eye(counts.shape[1])[j]                               # (N, V)
         is_best = others == others.max(1, keepdims=True)                           # (N, V) the others' plurality
         share = counts[:, j] / is_best.sum(1)                                      # (N,) a tie splits the credit
-        hits += (share * is_best[:, j]).sum()
+        matched = (share * is_best[:, j]).sum()                                    # column j's votes that match
+        hits += matched
         class_total += (share[:, None] * is_best[:, :c]).sum(0)                    # votes whose reference is class k
         if j < c:
-            class_hits[j] += (share * is_best[:, j]).sum()
+            class_hits[j] += matched
     human_recall = [float(h / t) if t > 0 else None for h, t in zip(class_hits, class_total)]
     return {"kl_from_votes": float(kl.mean()), "top2_accuracy": float((top2 == plurality[:, None]).any(1).mean()),
             "annotator_agreement": float(agreement.mean()), "human_ceiling": float(hits / total),

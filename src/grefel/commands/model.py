@@ -87,8 +87,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
     model, info = ensemble_from_checkpoints(args.checkpoints)
     info["training"]["command"] = shlex.join(["grefel", "model", "ensemble", *args.checkpoints, "--output", args.output])
     stem = checkpoint_paths(args.output)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    save_model_checkpoint(stem, model, info)
+    save_model_checkpoint(stem, model, info)         # atomic writes; the folder is made if missing
     print(f"{stem}.safetensors: {len(args.checkpoints)} members; temperature 1 until you run "
           f"`grefel calibrate --checkpoint {stem}.safetensors --data-root ...`")
     return 0

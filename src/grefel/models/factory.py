@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
+from grefel.config import to_dict
 from grefel.errors import ConfigError
 from grefel.models.model_file import checkpoint_paths, load_strict, read_model_checkpoint
 from grefel.models.pretrained import apply_pretrained
@@ -75,7 +75,7 @@ def ensemble_from_checkpoints(paths: Sequence[str | os.PathLike], preset: str = 
     for member, path, (tensors, _) in zip(model.members, paths, read):
         load_strict(member, tensors, path)
     info = {k: first[k] for k in _ENSEMBLE_SHARED if k in first}
-    info.update(preset=preset, model=dataclasses.asdict(model.config), temperature=1.0,
+    info.update(preset=preset, model=to_dict(model.config), temperature=1.0,
                 training={"data": first.get("training", {}).get("data", {})},
                 ensemble=[{"path": str(path), "weights_sha256": i.get("weights_sha256"),
                            "training": i.get("training"), "metrics": i.get("metrics")} for path, (_, i) in zip(paths, read)])
