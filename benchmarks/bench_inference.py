@@ -1,4 +1,4 @@
-"""Inference speed of the shipped model on this machine's CPU cores; prints JSON.
+"""Inference speed of the shipped model (or --checkpoint) on this machine's CPU cores; prints JSON.
 
 - photo: one 512x512 photo with one face (shared astronaut.png), decoded once;
   end to end (detect + align + classify, `Recognizer.predict` on the array) and
@@ -17,6 +17,7 @@ recorded before and after.
     python benchmarks/bench_inference.py
     python benchmarks/bench_inference.py --repeats 10 --frames 50
     python benchmarks/bench_inference.py --threads 1     # when another job holds a core
+    python benchmarks/bench_inference.py --checkpoint runs/ens/ens.safetensors   # a candidate, before shipping it
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def video_fps(rec: Recognizer, path: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a model file (default: the shipped model)")
     parser.add_argument("--photo", default=str(PHOTO))
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--frames", type=int, default=100)
@@ -107,7 +109,7 @@ def main() -> None:
     load_before = os.getloadavg()
     image = read_image(args.photo)
     decode_ms = median_ms(lambda: read_image(args.photo), args.repeats)
-    report: dict = {"photo": args.photo, "photo_size": list(image.shape[:2]), "decode_ms": decode_ms,
+    report: dict = {"checkpoint": args.checkpoint or "shipped", "photo": args.photo, "photo_size": list(image.shape[:2]), "decode_ms": decode_ms,
                     "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                     "load_average_before": [round(v, 2) for v in load_before]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +117,7 @@ def main() -> None:
         write_video(video, image, args.frames)
         for name, options in VARIANTS.items():
             start = time.perf_counter()
-            rec = Recognizer(**options)             # onnx: exported into the grefel cache on first use
+            rec = Recognizer(args.checkpoint, **options)   # onnx: exported into the grefel cache on first use
             setup_s = round(time.perf_counter() - start, 2)
             (face,) = rec.detector.detect(image)
             crop = align_face(image, face.landmarks, rec.crop_size, rec.color)
