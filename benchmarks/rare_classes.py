@@ -9,8 +9,14 @@ calibrate --logit-adjustment TAU` serves them (checkpoints already adjusted are
 scored from their raw logits; several are averaged as calibrated log-probabilities),
 and the reliability head's corrected prediction where the model has one.
 
+With --bias-class, it also adds each of --biases to that one class's adjusted
+logit (at --bias-tau): how much accuracy a class's recall costs when only that
+class is pushed, i.e. how separable the class is for the model.
+
     python benchmarks/rare_classes.py --checkpoint runs/a/checkpoints/best.safetensors \
         --checkpoint runs/b/checkpoints/best.safetensors --output-json rare.json
+    python benchmarks/rare_classes.py --checkpoint runs/a/checkpoints/best.safetensors \
+        --taus 0.2 --bias-class contempt --bias-tau 0.2 --biases 0.5 1 1.5 2 2.5 3
 """
 
 from __future__ import annotations
@@ -40,11 +46,25 @@ def summary(log_probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return out
 
 
+def class_bias_rows(logits: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> dict[str, dict]:
+    column = CANONICAL_CLASSES.index(args.bias_class)
+    rows = {}
+    for bias in args.biases:
+        pushed = logits.copy()
+        pushed[:, column] += bias
+        rows[f"tau {args.bias_tau:g} {args.bias_class} +{bias:g}"] = summary(pushed, labels)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", action="append", required=True, help="a model file; repeat to average")
     parser.add_argument("--data-root", default="../shared/datasets/ferplus")
     parser.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--bias-class", choices=CANONICAL_CLASSES, help="push this class alone (see --biases)")
+    parser.add_argument("--biases", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 2.5, 3.0],
+                        help="added to --bias-class's logit after the adjustment of --bias-tau")
+    parser.add_argument("--bias-tau", type=float, default=0.0)
     parser.add_argument("--output-json", type=Path)
     args = parser.parse_args()
 
@@ -59,6 +79,8 @@ def main() -> int:
         raw, labels = preds.served_logits(info["serve"]), preds.label   # before the file's adjustment or temperature
         # tau acts on these raw logits, as `grefel calibrate --logit-adjustment TAU` stores it
         results[path] = {f"tau {t:g}": summary(raw - t * log_prior, labels) for t in args.taus}
+        if args.bias_class:
+            results[path].update(class_bias_rows(raw - args.bias_tau * log_prior, labels, args))
         # models are averaged as calibrated log-probabilities
         served.append(torch.log_softmax(torch.from_numpy(raw).double() / float(info["temperature"]), -1).numpy())
         corrected.append(np.log(np.clip(preds.corrected, 1e-8, None)))
@@ -67,10 +89,12 @@ def main() -> int:
     if len(served) > 1:
         mean = np.mean(served, 0)
         results["average of all"] = {f"tau {t:g}": summary(mean - t * log_prior, labels) for t in args.taus}
+        if args.bias_class:
+            results["average of all"].update(class_bias_rows(mean - args.bias_tau * log_prior, labels, args))
     for name, rows in results.items():
         print(name)
         for row, r in rows.items():
-            print(f"  {row:22s} acc {r['accuracy'] * 100:6.2f}  MCA {r['mean_class_accuracy'] * 100:6.2f}  " +
+            print(f"  {row:26s} acc {r['accuracy'] * 100:6.2f}  MCA {r['mean_class_accuracy'] * 100:6.2f}  " +
                   "  ".join(f"{c} {r[f'recall_{c}'] * 100:5.1f}" for c in RARE))
     if args.output_json:
         atomic_write_json(args.output_json, {"command": " ".join(sys.argv), "train_prior": prior.tolist(),
