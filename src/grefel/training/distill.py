@@ -1,11 +1,14 @@
 """Distillation targets: what trained models (teachers) say of each training image, mixed into its target.
 
-The teachers' served probabilities (their own temperature and test-time flip)
-on the un-augmented training images are averaged and blended with the label
-target: target = (1 - weight) * label + weight * teacher. An ensemble of
+The teachers' probabilities as trained (their own temperature and test-time
+flip, without the logit adjustment a file may be served with) on the
+un-augmented training images are averaged and blended with the label target:
+target = (1 - weight) * label + weight * teacher. An ensemble of
 models can so be folded into one model that costs one model to run. Computed
 once per run and kept in the run folder (`teacher_targets.npz`, keyed by the
-teachers' weights and temperatures), so `--resume` does not recompute it.
+teachers' weights and temperatures), so `--resume` does not recompute it. The
+adjustment is left out because it is a serving choice, made again for the
+student when it is calibrated: kept in the targets it would count twice.
 """
 
 from __future__ import annotations
@@ -31,17 +34,18 @@ def teacher_keys(checkpoints: tuple[str, ...]) -> list[str]:
     keys = []
     for path in checkpoints:
         info = read_checkpoint_info(resolve_checkpoint(path))
-        keys.append(f"{info.get('weights_sha256')}|{info['temperature']}|{info.get('tta_flip')}")
+        keys.append(f"{info.get('weights_sha256')}|{info['temperature']}|{info.get('tta_flip')}|as trained")
     return keys
 
 
 @torch.no_grad()
 def teacher_probabilities(checkpoints: tuple[str, ...], dataset: FERDataset, device: torch.device,
                           batch_size: int = 64) -> np.ndarray:
-    """(N, 8) mean served probabilities of the teachers over the dataset's un-augmented images."""
+    """(N, 8) mean probabilities of the teachers as trained over the dataset's un-augmented images."""
     total = np.zeros((len(dataset), NUM_CLASSES), np.float64)
     for path in checkpoints:
         serving = ServingModel.from_checkpoint(resolve_checkpoint(path)).to(device)
+        serving.shift.zero_()                              # no logit adjustment: see the module docstring
         info = serving.info
         images = FERDataset(dataset.images, dataset.targets, dataset.ids, dataset.class_names,
                             transform=eval_transform(info["input"]["size"], info["input"]["channels"]))
