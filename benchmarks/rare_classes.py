@@ -46,13 +46,16 @@ def summary(log_probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return out
 
 
-def class_bias_rows(logits: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> dict[str, dict]:
-    column = CANONICAL_CLASSES.index(args.bias_class)
-    rows = {}
-    for bias in args.biases:
-        pushed = logits.copy()
-        pushed[:, column] += bias
-        rows[f"tau {args.bias_tau:g} {args.bias_class} +{bias:g}"] = summary(pushed, labels)
+def adjusted_rows(logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
+                  args: argparse.Namespace) -> dict[str, dict]:
+    """A summary per tau of --taus, then per bias of --biases added to --bias-class's logit at --bias-tau."""
+    rows = {f"tau {t:g}": summary(logits - t * log_prior, labels) for t in args.taus}
+    if args.bias_class:
+        column = CANONICAL_CLASSES.index(args.bias_class)
+        for bias in args.biases:
+            pushed = logits - args.bias_tau * log_prior
+            pushed[:, column] += bias
+            rows[f"tau {args.bias_tau:g} {args.bias_class} +{bias:g}"] = summary(pushed, labels)
     return rows
 
 
@@ -78,9 +81,7 @@ def main() -> int:
         info, preds = scored.info, scored.preds
         raw, labels = preds.served_logits(info["serve"]), preds.label   # before the file's adjustment or temperature
         # tau acts on these raw logits, as `grefel calibrate --logit-adjustment TAU` stores it
-        results[path] = {f"tau {t:g}": summary(raw - t * log_prior, labels) for t in args.taus}
-        if args.bias_class:
-            results[path].update(class_bias_rows(raw - args.bias_tau * log_prior, labels, args))
+        results[path] = adjusted_rows(raw, labels, log_prior, args)
         # models are averaged as calibrated log-probabilities
         served.append(torch.log_softmax(torch.from_numpy(raw).double() / float(info["temperature"]), -1).numpy())
         corrected.append(np.log(np.clip(preds.corrected, 1e-8, None)))
@@ -88,9 +89,7 @@ def main() -> int:
             results[path]["reliability-corrected"] = summary(corrected[-1], labels)
     if len(served) > 1:
         mean = np.mean(served, 0)
-        results["average of all"] = {f"tau {t:g}": summary(mean - t * log_prior, labels) for t in args.taus}
-        if args.bias_class:
-            results["average of all"].update(class_bias_rows(mean - args.bias_tau * log_prior, labels, args))
+        results["average of all"] = adjusted_rows(mean, labels, log_prior, args)
     for name, rows in results.items():
         print(name)
         for row, r in rows.items():
