@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,21 +138,21 @@ def test_grefel_train_skip_bad_flag(tmp_path):
     assert proc.returncode == 2 and "no samples" in proc.stderr and "--skip-bad" not in proc.stderr
 
 
-def _kill_during_epoch(cmd: list[str], run: Path, epoch: int) -> None:
-    """Start training and SIGKILL it once checkpoint `epoch - 1` exists, partway into `epoch`."""
+def _kill_during_epoch(cmd: list[str], epoch: int) -> None:
+    """Start training and SIGKILL it partway into `epoch`: when its progress line reports the first logged
+    steps of that epoch (a fixed sleep raced the epoch's end on a fast machine)."""
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        last = run / "checkpoints" / "last.json"
-        if last.exists() and json.loads(last.read_text())["epoch"] == epoch - 1:
-            break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("training never reached the kill point")
-    time.sleep(1.0)  # into the next epoch's steps
-    proc.send_signal(signal.SIGKILL)
+    marker = re.compile(rf"^epoch {epoch}/\d+: (\d+)/(\d+) steps")
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        match = marker.match(line)
+        if match and int(match[1]) < int(match[2]):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+            return
     proc.wait(timeout=60)
+    pytest.fail(f"training ended (rc {proc.returncode}) before it logged a step of epoch {epoch}:\n" + "".join(seen))
 
 
 def test_loader_workers_from_a_fork_server_train_reproducibly(tmp_path):
@@ -186,7 +187,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert subprocess.run(base + ["--output-dir", str(straight)], cwd=REPO_ROOT, capture_output=True,
                           timeout=600).returncode == 0
     killed = tmp_path / "killed"
-    _kill_during_epoch(base + ["--output-dir", str(killed)], killed, epoch=2)
+    _kill_during_epoch(base + ["--output-dir", str(killed)], epoch=2)
     assert json.loads((killed / "checkpoints" / "last.json").read_text())["epoch"] == 1
     resumed = subprocess.run(base + ["--output-dir", str(killed), "--resume"], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=600)
