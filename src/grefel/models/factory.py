@@ -42,7 +42,7 @@ def build_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str,
 
 
 # What members of one ensemble must share: same network, same labels, same input contract, same serving.
-_ENSEMBLE_SHARED = ("preset", "model", "class_names", "input", "preprocessing", "serve", "tta_flip")
+_ENSEMBLE_SHARED = ("model", "class_names", "input", "preprocessing", "serve", "tta_flip")
 
 
 def _contract(info: dict[str, Any], key: str) -> Any:
