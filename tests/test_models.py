@@ -429,10 +429,19 @@ def test_cnn_ensemble_averages_its_members_logits_and_round_trips_through_a_mode
     from grefel.commands.model import find_checkpoints
     from grefel.models.model_file import update_checkpoint_info
     row = lambda: next(r for r in find_checkpoints([str(tmp_path)]) if r["path"].endswith("ens.safetensors"))  # noqa: E731
-    assert row()["preset"] == "cnn_ensemble" and row()["accuracy"] is None
-    update_checkpoint_info(tmp_path / "ens.safetensors",
-                           {**saved, "calibration": {"accuracy": 0.5, "mean_class_accuracy": 0.4, "ece_after": 0.02}})
-    assert (row()["accuracy"], row()["mean_class_accuracy"], row()["ece"]) == (0.5, 0.4, 0.02)
+    assert row()["preset"] == "cnn_ensemble" and row()["accuracy"] is None and row()["figures"] is None
+    update_checkpoint_info(tmp_path / "ens.safetensors", {**saved, "calibration": {
+        "split": "valid", "accuracy": 0.5, "mean_class_accuracy": 0.4, "ece_before": 0.1, "ece_after": 0.02}})
+    assert (row()["accuracy"], row()["mean_class_accuracy"], row()["ece"], row()["figures"]) == \
+        (0.5, 0.4, 0.02, "calibration (valid)")
+    # A trained file shows its run's figures until calibrated; then what it serves (adjusted, scaled).
+    member = lambda: next(r for r in find_checkpoints([str(tmp_path)]) if r["path"] == paths[0])  # noqa: E731
+    _, member_info = build_from_checkpoint(paths[0])
+    update_checkpoint_info(paths[0], {**member_info, "metrics": {"valid": {"accuracy": 0.3, "ece": 0.2}}})
+    assert (member()["accuracy"], member()["ece"], member()["figures"]) == (0.3, 0.2, "training")
+    update_checkpoint_info(paths[0], {**member_info, "metrics": {"valid": {"accuracy": 0.3, "ece": 0.2}},
+                                      "calibration": {"split": "valid", "accuracy": 0.35, "ece_after": 0.01}})
+    assert (member()["accuracy"], member()["ece"], member()["figures"]) == (0.35, 0.01, "calibration (valid)")
 
 
 def test_cnn_ensemble_refuses_members_that_do_not_match(tmp_path):

@@ -112,12 +112,18 @@ def describe(path: Path, origin: str) -> dict[str, Any] | None:
     if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
         return None
     weights = path.with_suffix(".safetensors")
-    # A file no run trained (an ensemble) has no training-time figures: its calibration's, once calibrated.
-    valid = info.get("metrics", {}).get("valid") or info.get("calibration", {})
+    # A calibrated file serves its calibration's figures (its logit adjustment moves accuracy, its temperature
+    # the ECE), not those of the run that trained it; a file no run trained (an ensemble) has only those.
+    calibration = info.get("calibration")
+    if calibration and "accuracy" in calibration:  # files calibrated before 7c08b4a stored only T, NLL, ECE
+        figures, ece, source = calibration, calibration.get("ece_after"), f"calibration ({calibration.get('split')})"
+    else:
+        figures = info.get("metrics", {}).get("valid", {})
+        ece, source = figures.get("ece"), "training" if figures else None
     return {"origin": origin, "path": str(weights), "preset": info.get("preset"),
-            "classes": len(info.get("class_names", [])), "accuracy": valid.get("accuracy"),
-            "mean_class_accuracy": valid.get("mean_class_accuracy"), "macro_f1": valid.get("macro_f1"),
-            "ece": valid.get("ece", valid.get("ece_after")), "temperature": info.get("temperature"),
+            "classes": len(info.get("class_names", [])), "accuracy": figures.get("accuracy"),
+            "mean_class_accuracy": figures.get("mean_class_accuracy"), "macro_f1": figures.get("macro_f1"),
+            "ece": ece, "figures": source, "temperature": info.get("temperature"),
             "size_mb": round(weights.stat().st_size / 1e6, 1) if weights.is_file() else None,
             "epoch": info.get("training", {}).get("epoch"), "warning": info.get("warning")}
 
@@ -145,10 +151,11 @@ def run_list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"{'origin':8} {'preset':14} {'acc':>7} {'mca':>7} {'F1':>7} {'ECE':>7} {'T':>6} {'MB':>6}  path")
+    print(f"{'origin':8} {'preset':14} {'acc':>7} {'mca':>7} {'F1':>7} {'ECE':>7} {'T':>6} {'MB':>6} {'figures':19} path")
     for r in rows:
         print(f"{r['origin']:8} {r['preset']:14} {fmt(r['accuracy']):>7} {fmt(r['mean_class_accuracy']):>7} "
-              f"{fmt(r['macro_f1']):>7} {fmt(r['ece']):>7} {r['temperature']:>6.3g} {r['size_mb'] or 0:>6}  {r['path']}"
+              f"{fmt(r['macro_f1']):>7} {fmt(r['ece']):>7} {r['temperature']:>6.3g} {r['size_mb'] or 0:>6} "
+              f"{r['figures'] or '-':19} {r['path']}"
               + ("  [!] no better than guessing" if r["warning"] else ""))
     flagged = [r for r in rows if r["warning"]]
     for r in flagged:
