@@ -414,6 +414,7 @@ def test_distillation_blends_the_teachers_into_the_targets(tmp_path):
     """distill_from: the teachers' probabilities as trained (temperature, flip, no logit adjustment) on the
     un-augmented training images, averaged and blended with the labels; computed once and reused on resume."""
     from grefel.data import DataSource, eval_transform, load_dataset
+    from grefel.models.model_file import update_checkpoint_info
     from grefel.models.serving import ServingModel
     from grefel.training.distill import distilled_targets
 
@@ -434,13 +435,11 @@ def test_distillation_blends_the_teachers_into_the_targets(tmp_path):
     with pytest.raises(ConfigError, match="distill_weight"):
         distilled_targets((teacher,), 1.5, ds, torch.device("cpu"), cache)
     # The same teacher served with a logit adjustment teaches the same targets: the student is adjusted later.
-    adjusted = tmp_path / "adjusted"
     info = json.loads(teacher_run.joinpath("checkpoints", "best.json").read_text())
     info["logit_adjustment"] = {"tau": 1.0, "train_class_counts": [900, 700, 300, 300, 200, 10, 60, 10]}
-    adjusted.with_suffix(".json").write_text(json.dumps(info))
-    adjusted.with_suffix(".safetensors").write_bytes(Path(teacher).read_bytes())
-    assert ServingModel.from_checkpoint(adjusted.with_suffix(".safetensors")).shift.abs().sum() > 1.0
-    from_adjusted = distilled_targets((str(adjusted.with_suffix(".safetensors")),) * 2, 0.25, ds,
+    adjusted = update_checkpoint_info(teacher, info, tmp_path / "adjusted").with_suffix(".safetensors")
+    assert ServingModel.from_checkpoint(adjusted).shift.abs().sum() > 1.0
+    from_adjusted = distilled_targets((str(adjusted),) * 2, 0.25, ds,
                                       torch.device("cpu"), tmp_path / "a.npz", log=lambda *_: None)
     np.testing.assert_allclose(from_adjusted, blended, atol=1e-6)
     out = tmp_path / "student"
