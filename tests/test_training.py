@@ -398,8 +398,11 @@ def test_model_list_marks_a_model_no_better_than_guessing(tmp_path, capsys):
 def test_ctrl_c_prints_the_resume_command(tmp_path):
     run = tmp_path / "run"
     config = tiny_config(tmp_path, epochs=20)
+    # A shell running the suite in the background (`make test &`) hands its children SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler: give the trainer the disposition a terminal gives.
     proc = subprocess.Popen([sys.executable, "-m", "grefel", "train", "--config", str(config), "--output-dir",
-                             str(run)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(run)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (run / "checkpoints" / "last.json").exists():
         assert time.time() < deadline and proc.poll() is None, "training never wrote a checkpoint"
