@@ -170,6 +170,57 @@ def test_loader_workers_from_a_fork_server_train_reproducibly(tmp_path):
         assert torch.equal(runs[0][key], runs[1][key]), f"{key} differs between two runs with workers"
 
 
+def _descendants(pid: int) -> dict[int, str]:
+    """Live processes below `pid` (pid -> command line), from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):  # ended while being read
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z":
+            parents[int(entry.name)] = (int(ppid), cmdline)
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, cmdline) in parents.items():
+            if ppid == parent and child not in found:
+                found[child] = cmdline
+                frontier.append(child)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc (Linux)")
+def test_sigkill_of_a_trainer_leaves_none_of_its_data_loader_processes(tmp_path):
+    """A trainer killed outright (OOM killer, `kill -9`) must not leave its loader's fork server and workers
+    running: they hold hundreds of MB each, and PyTorch's own check (the worker's parent changed) never fires
+    for workers whose parent is the fork server."""
+    config = tiny_config(tmp_path, epochs=2, num_workers=2, **{"data.limit_train": 2048})
+    proc = subprocess.Popen([sys.executable, "-m", "grefel", "train", "--config", str(config),
+                             "--output-dir", str(tmp_path / "run")],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("epoch 1/2: 4/64 steps"):
+            below = _descendants(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    # the server and the workers forked from it share its command line
+    assert sum("forkserver" in cmd for cmd in below.values()) >= 2, \
+        f"no fork server with workers below the trainer when it was killed: {below}"
+    deadline = time.monotonic() + 30
+    while (left := {pid: cmd for pid, cmd in _descendants(1).items() if pid in below}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"still running 30 s after the trainer was killed: {left}"
+
+
 @pytest.mark.slow
 def test_compiled_training_runs_and_saves_the_plain_module(tmp_path):
     out = tmp_path / "run"
