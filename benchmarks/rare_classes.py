@@ -61,7 +61,7 @@ def adjusted_rows(logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", action="append", required=True, help="a model file; repeat to average")
+    parser.add_argument("--checkpoint", action="append", required=True, help="a model file; repeat to score several, each and their average")
     parser.add_argument("--data-root", default="../shared/datasets/ferplus")
     parser.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--bias-class", choices=CANONICAL_CLASSES, help="push this class alone (see --biases)")
