@@ -85,7 +85,7 @@ def main() -> int:
         # models are averaged as calibrated log-probabilities
         served.append(torch.log_softmax(torch.from_numpy(raw).double() / float(info["temperature"]), -1).numpy())
         corrected.append(np.log(np.clip(preds.corrected, 1e-8, None)))
-        if info["preset"] not in ("cnn_baseline", "face_baseline"):
+        if info["preset"] not in ("cnn_baseline", "cnn_ensemble", "face_baseline"):
             results[path]["reliability-corrected"] = summary(corrected[-1], labels)
     if len(served) > 1:
         mean = np.mean(served, 0)
