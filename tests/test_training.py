@@ -138,9 +138,40 @@ def test_grefel_train_skip_bad_flag(tmp_path):
     assert proc.returncode == 2 and "no samples" in proc.stderr and "--skip-bad" not in proc.stderr
 
 
-def _kill_during_epoch(cmd: list[str], epoch: int) -> None:
+def _live_processes() -> dict[int, tuple[int, str]]:
+    """Every process that has not ended (pid -> parent pid, command line), from /proc; none without it."""
+    processes = {}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, ProcessLookupError, PermissionError):  # ended while being read
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z":
+            processes[int(entry.name)] = (int(ppid), cmdline)
+    return processes
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """Live processes below `pid` (pid -> command line)."""
+    processes = _live_processes()
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, cmdline) in processes.items():
+            if ppid == parent and child not in found:
+                found[child] = cmdline
+                frontier.append(child)
+    return found
+
+
+def _kill_during_epoch(cmd: list[str], epoch: int) -> dict[int, str]:
     """Start training and SIGKILL it partway into `epoch`: when its progress line reports the first logged
-    steps of that epoch (a fixed sleep raced the epoch's end on a fast machine)."""
+    steps of that epoch (a fixed sleep raced the epoch's end on a fast machine). Returns the processes that
+    were below the trainer when it was killed (pid -> command line; empty where there is no /proc)."""
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     marker = re.compile(rf"^epoch {epoch}/\d+: (\d+)/(\d+) steps")
     seen = []
@@ -148,9 +179,10 @@ def _kill_during_epoch(cmd: list[str], epoch: int) -> None:
         seen.append(line)
         match = marker.match(line)
         if match and int(match[1]) < int(match[2]):
+            below = _descendants(proc.pid)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=60)
-            return
+            return below
     proc.wait(timeout=60)
     pytest.fail(f"training ended (rc {proc.returncode}) before it logged a step of epoch {epoch}:\n" + "".join(seen))
 
@@ -170,53 +202,20 @@ def test_loader_workers_from_a_fork_server_train_reproducibly(tmp_path):
         assert torch.equal(runs[0][key], runs[1][key]), f"{key} differs between two runs with workers"
 
 
-def _descendants(pid: int) -> dict[int, str]:
-    """Live processes below `pid` (pid -> command line), from /proc."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):  # ended while being read
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if state != "Z":
-            parents[int(entry.name)] = (int(ppid), cmdline)
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, (ppid, cmdline) in parents.items():
-            if ppid == parent and child not in found:
-                found[child] = cmdline
-                frontier.append(child)
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc (Linux)")
 def test_sigkill_of_a_trainer_leaves_none_of_its_data_loader_processes(tmp_path):
     """A trainer killed outright (OOM killer, `kill -9`) must not leave its loader's fork server and workers
     running: they hold hundreds of MB each, and PyTorch's own check (the worker's parent changed) never fires
     for workers whose parent is the fork server."""
     config = tiny_config(tmp_path, epochs=2, num_workers=2, **{"data.limit_train": 2048})
-    proc = subprocess.Popen([sys.executable, "-m", "grefel", "train", "--config", str(config),
-                             "--output-dir", str(tmp_path / "run")],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith("epoch 1/2: 4/64 steps"):
-            below = _descendants(proc.pid)
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)
+    below = _kill_during_epoch([sys.executable, "-m", "grefel", "train", "--config", str(config),
+                                "--output-dir", str(tmp_path / "run")], epoch=1)
     # the server and the workers forked from it share its command line
     assert sum("forkserver" in cmd for cmd in below.values()) >= 2, \
         f"no fork server with workers below the trainer when it was killed: {below}"
     deadline = time.monotonic() + 30
-    while (left := {pid: cmd for pid, cmd in _descendants(1).items() if pid in below}) and time.monotonic() < deadline:
+    while (left := {pid: below[pid] for pid in below.keys() & _live_processes().keys()}) \
+            and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"still running 30 s after the trainer was killed: {left}"
 
