@@ -388,15 +388,19 @@ def test_fold_batchnorm_keeps_the_outputs(name):
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * before.abs().max().item())
 
 
-def _cnn_file(path, seed: int, **overrides):
+def _cnn_file(path, seed: int, noise: float | None = 0.2, **overrides):
+    """A tiny cnn_baseline model file: its weights all drawn from N(0, noise), or without `noise` initialised
+    as for training (features with some signal) from `seed`."""
     from grefel.config import to_dict
     from grefel.labels import CANONICAL_CLASSES
     from grefel.models.model_file import save_model_checkpoint
 
     model = tiny("cnn_baseline", **overrides).eval()
     torch.manual_seed(seed)
-    for p in model.parameters():            # members that differ, or averaging them proves nothing
-        p.data.normal_(0, 0.2)
+    if noise is None:
+        model = create_model("cnn_baseline", **{**TINY[PlainCNNConfig], **overrides}).eval()
+    for p in model.parameters() if noise else ():      # members that differ, or averaging them proves nothing
+        p.data.normal_(0, noise)
     save_model_checkpoint(path, model, {
         "preset": "cnn_baseline", "model": to_dict(model.config), "class_names": list(CANONICAL_CLASSES),
         "input": {"size": 32, "channels": 3}, "preprocessing": {"color": "grey", "crop_size": 32},
@@ -465,3 +469,127 @@ def test_cnn_ensemble_refuses_members_that_do_not_match(tmp_path):
     save_model_checkpoint(tmp_path / "ens", ensemble, info)
     with pytest.raises(ConfigError, match=r"ens.safetensors: a cnn_ensemble model file; cnn_ensemble averages cnn_baseline"):
         ensemble_from_checkpoints([str(tmp_path / "ens.safetensors"), a])
+
+
+# ---------------------------------------------------------------- refit: the linear classifier on frozen features
+
+
+def test_logistic_regression_fit_is_scikit_learns():
+    from sklearn.linear_model import LogisticRegression
+
+    from grefel.training.refit import fit_logistic_regression
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 6, generator=g) * 1.5
+    y = torch.arange(200) % 4
+    x = (centres[y] + torch.randn(200, 6, generator=g)).double()
+    for c in (0.01, 1.0):
+        w, b = fit_logistic_regression(x, y, 4, c, tol=1e-9)
+        reference = LogisticRegression(C=c, tol=1e-10, max_iter=5000).fit(x.numpy(), y.numpy())
+        np.testing.assert_allclose(torch.softmax(x @ w.T + b, 1).numpy(),
+                                   reference.predict_proba(x.numpy()), atol=1e-5)
+        # From another start, to the default tolerance: the same fit (the objective is strictly convex).
+        again = fit_logistic_regression(x, y, 4, c, start=(torch.randn(4, 6, generator=g), torch.ones(4)))
+        torch.testing.assert_close(torch.softmax(x @ again[0].T + again[1], 1), torch.softmax(x @ w.T + b, 1),
+                                   atol=1e-3, rtol=0)
+    with pytest.raises(ConfigError, match="C = 0: expected a finite number > 0"):
+        fit_logistic_regression(x, y, 4, 0.0)
+
+
+def test_cross_validation_picks_the_penalty_that_generalises():
+    from grefel.training.refit import cross_validate_c
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(120) % 3
+    # Clean and separable: every C is right on every held-out face, and the tie goes to the strongest penalty.
+    x = torch.nn.functional.one_hot(y, 3).double() * 5 + 0.1 * torch.randn(120, 3, generator=g)
+    best, scores = cross_validate_c(x, y, 3, [1.0, 1e-6, 0.1], folds=4)
+    assert sorted(scores) == [1e-6, 0.1, 1.0] and best == 1e-6 and set(scores.values()) == {1.0}
+    # Imbalanced: a penalty so strong it leaves only the (unpenalised) bias predicts the frequent class for all.
+    y = torch.cat([torch.zeros(80, dtype=torch.long), torch.arange(40) % 2 + 1])
+    x = torch.nn.functional.one_hot(y, 3).double() + torch.randn(120, 3, generator=g) * 0.3
+    best, scores = cross_validate_c(x, y, 3, [1e-6, 10.0], folds=4)
+    assert best == 10.0 and scores[1e-6] == 80 / 120 and scores[10.0] > 0.95
+    with pytest.raises(ConfigError, match="folds = 1: expected at least 2"):
+        cross_validate_c(x, y, 3, [1.0], folds=1)
+
+
+@pytest.fixture(scope="module")
+def refit_csv_root(ferplus_root, tmp_path_factory):
+    """train.csv of 320 real FERPlus faces (the valid split's first, majority labels), for refit runs."""
+    from grefel.data import DataSource, load_dataset
+
+    root = tmp_path_factory.mktemp("refit-csv")
+    ds = load_dataset(DataSource(root=str(ferplus_root), cache_dir=str(root / "cache")), "valid", "majority")
+    rows = [f"{ds.labels[i]},{' '.join(map(str, ds.images[i].reshape(-1).tolist()))}" for i in range(320)]
+    (root / "train.csv").write_text("emotion,pixels\n" + "\n".join(rows) + "\n")
+    return root
+
+
+def test_refit_replaces_each_linear_head_by_the_cross_validated_fit_and_leaves_the_backbone(
+        tmp_path, refit_csv_root, cache_dir):
+    from grefel.commands import main
+    from grefel.data import DataSource, eval_transform, load_dataset
+    from grefel.fileio import read_pair
+    from grefel.models import build_from_checkpoint
+    from grefel.training.refit import cross_validate_c, fit_logistic_regression, frozen_embeddings
+
+    for i in range(2):
+        _cnn_file(tmp_path / f"m{i}", seed=i, noise=None)
+    paths = [str(tmp_path / f"m{i}.safetensors") for i in range(2)]
+    assert main(["model", "ensemble", *paths, "--output", str(tmp_path / "ens")]) == 0
+    flags = ["--format", "csv", "--data-root", str(refit_csv_root), "--c-grid", "0.01", "1", "--folds", "3"]
+    assert main(["model", "refit", paths[0], "--output", str(tmp_path / "r0"), *flags]) == 0
+    assert main(["model", "refit", str(tmp_path / "ens.safetensors"), "--output", str(tmp_path / "rens"), *flags]) == 0
+
+    # What was written is the logistic regression of the frozen (flip-free: the files serve no flip) embeddings.
+    model, _ = build_from_checkpoint(paths[0])
+    ds = load_dataset(DataSource(format="csv", root=str(refit_csv_root)), "train")
+    ds.transform = eval_transform(32, 3)
+    x, y = frozen_embeddings(model, ds, tta_flip=False), torch.from_numpy(ds.labels)
+    z = (x - x.mean(0)) / x.std(0)                  # a fresh network's embedding has scale ~1e-3: standardised
+    c, scores = cross_validate_c(z, y, 8, [0.01, 1.0], folds=3)
+    w, b = fit_logistic_regression(z, y, 8, c)
+    w, b = w / x.std(0), b - (w / x.std(0)) @ x.mean(0)
+    refitted, info = build_from_checkpoint(tmp_path / "r0.safetensors")
+    torch.testing.assert_close(refitted.fc.weight, w.float())
+    torch.testing.assert_close(refitted.fc.bias, b.float())
+    before, _ = read_pair(tmp_path / "m0")
+    after, _ = read_pair(tmp_path / "r0")
+    assert {k for k in before if not torch.equal(before[k], after[k])} == {"fc.weight", "fc.bias"}
+    fitted_accuracy = float(((x @ w.T + b).argmax(1) == y).double().mean())
+    with torch.no_grad():    # the random head the file had (eval mode: the logits are fc of the embedding)
+        assert fitted_accuracy > float((model.fc(x.float()).argmax(1) == y).double().mean())
+    assert fitted_accuracy > float(torch.bincount(y).max()) / len(y)        # more than the frequent class alone
+    refit = info["training"]["refit"]
+    assert refit["heads"] == [{"C": c, "cv_accuracy": {f"{k:g}": round(v, 6) for k, v in scores.items()},
+                               "train_accuracy": round(fitted_accuracy, 6)}]
+    assert (refit["samples"], refit["from"], refit["tta_flip"]) == (320, paths[0], False)
+    assert "command" not in refit                   # main() was not called as the grefel program
+    assert info["temperature"] == 1.0 and "logit_adjustment" not in info and "metrics" not in info
+    assert info["training"]["data"]["train_class_counts"] == [9, 8, 7, 6, 5, 1, 2, 1]   # for a logit adjustment
+
+    # An ensemble's members are re-fitted each on its own slice of the embedding: as if refitted alone.
+    ensemble, _ = build_from_checkpoint(tmp_path / "rens.safetensors")
+    torch.testing.assert_close(ensemble.members[0].fc.weight, refitted.fc.weight)
+    assert main(["model", "refit", paths[1], "--output", str(tmp_path / "r1"), *flags]) == 0
+    alone = build_from_checkpoint(tmp_path / "r1.safetensors")[0]
+    torch.testing.assert_close(ensemble.members[1].fc.weight, alone.fc.weight)
+
+
+def test_refit_refuses_a_model_without_a_linear_head_in_one_line(tmp_path, refit_csv_root, cache_dir, capsys):
+    from grefel.commands import main
+    from grefel.config import to_dict
+    from grefel.labels import CANONICAL_CLASSES
+    from grefel.models.model_file import save_model_checkpoint
+
+    model = tiny("grefel_small")
+    save_model_checkpoint(tmp_path / "g", model, {
+        "preset": "grefel_small", "model": to_dict(model.config), "class_names": list(CANONICAL_CLASSES),
+        "input": {"size": model.config.input_size, "channels": 3}, "preprocessing": {"color": "grey", "crop_size": 48},
+        "serve": "primary", "temperature": 1.0})
+    code = main(["model", "refit", str(tmp_path / "g.safetensors"), "--output", str(tmp_path / "out"),
+                 "--format", "csv", "--data-root", str(refit_csv_root)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "grefel_small: its classifier is not a linear layer" in err
+    assert not (tmp_path / "out.safetensors").exists()

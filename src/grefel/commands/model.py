@@ -4,6 +4,7 @@
     grefel model summary --preset NAME        parameters, input size and FLOPs of a preset, as JSON
     grefel model list [DIR...]                the shipped model and the checkpoints under runs/ and outputs/
     grefel model ensemble A B [...] --output X   one model file averaging trained cnn_baseline models
+    grefel model refit [CHECKPOINT] --data-root R --output X   its linear classifier re-fitted on frozen features
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from grefel.commands.options import add_source_arguments, source_from_args
 from grefel.errors import ConfigError, GrefelError
 
 DEFAULT_DIRS = ("runs", "outputs")
@@ -38,6 +40,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ensemble.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more cnn_baseline model files")
     ensemble.add_argument("--output", required=True, help="where to write it (X.safetensors + X.json)")
     ensemble.set_defaults(func=run_ensemble)
+    refit = sub.add_parser("refit", help="re-fit a model file's linear classifier(s) on its frozen features of the "
+                                         "training split (logistic regression, C cross-validated); calibrate it next",
+                           description="Re-fit the linear classifier of a cnn_baseline model file (each member's, for "
+                                       "a cnn_ensemble) as an L2 multinomial logistic regression on the frozen "
+                                       "embeddings of the training split's images, C chosen by k-fold "
+                                       "cross-validation on that split. Writes a copy; the backbone is unchanged.")
+    refit.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="X.safetensors (default: the shipped model)")
+    refit.add_argument("--output", required=True, help="where to write the copy (X.safetensors + X.json)")
+    refit.add_argument("--c-grid", type=float, nargs="+", metavar="C",
+                       default=[0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+                       help="inverse penalty strengths to cross-validate, as scikit-learn's C "
+                            "(default: 0.001 0.003 0.01 0.03 0.1 0.3 1)")
+    refit.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    refit.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    add_source_arguments(refit, split_default=None)
+    refit.set_defaults(func=run_refit)
 
 
 def count_gflops(model, input_size: int, in_chans: int) -> float:
@@ -89,6 +107,22 @@ def run_ensemble(args: argparse.Namespace) -> int:
     stem = checkpoint_paths(args.output)
     save_model_checkpoint(stem, model, info)         # atomic writes; the folder is made if missing
     print(f"{stem}.safetensors: {len(args.checkpoints)} members; temperature 1 until you run "
+          f"`grefel calibrate --checkpoint {stem}.safetensors --data-root ...`")
+    return 0
+
+
+def run_refit(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from grefel.training.refit import refit_classifier
+
+    if args.label_mode != "majority":
+        raise ConfigError(f"--label-mode {args.label_mode}: refit fits majority labels")
+    stem = refit_classifier(args.checkpoint, source_from_args(args), args.output,
+                            grid=tuple(args.c_grid), folds=args.folds, seed=args.seed,
+                            command=shlex.join(["grefel", *sys.argv[1:]]) if sys.argv[1:2] == ["model"] else None)
+    print(f"{stem}.safetensors: classifier re-fitted; temperature 1 and no logit adjustment until you run "
           f"`grefel calibrate --checkpoint {stem}.safetensors --data-root ...`")
     return 0
 

@@ -48,6 +48,10 @@ class PlainCNN(nn.Module):
         p = F.softmax(logits / self.config.tau, -1)
         return GReFELOutput(logits=logits, primary=p, corrected=p, embedding=e)
 
+    def linear_heads(self) -> list[nn.Linear]:
+        """The classifier on `embedding` (grefel.training.refit re-fits it)."""
+        return [self.fc]
+
     def feature_extractor_parameters(self) -> int:
         return sum(p.numel() for p in self.features.parameters())
 
@@ -84,6 +88,10 @@ class PlainCNNEnsemble(nn.Module):
         p = F.softmax(logits / self.config.tau, -1)
         return GReFELOutput(logits=logits, primary=p, corrected=p,
                             embedding=torch.cat([o.embedding for o in outs], -1))  # (B, members * widths[-1])
+
+    def linear_heads(self) -> list[nn.Linear]:
+        """Each member's classifier, in the order the members' embeddings are concatenated."""
+        return [m.fc for m in self.members]
 
     def feature_extractor_parameters(self) -> int:
         return sum(m.feature_extractor_parameters() for m in self.members)
