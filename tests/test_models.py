@@ -512,6 +512,8 @@ def test_cross_validation_picks_the_penalty_that_generalises():
     assert best == 10.0 and scores[1e-6] == 80 / 120 and scores[10.0] > 0.95
     with pytest.raises(ConfigError, match="folds = 1: expected at least 2"):
         cross_validate_c(x, y, 3, [1.0], folds=1)
+    with pytest.raises(ConfigError, match="C = -1 in the grid: expected finite numbers > 0"):
+        cross_validate_c(x, y, 3, [1.0, -1.0])
 
 
 @pytest.fixture(scope="module")
@@ -593,3 +595,7 @@ def test_refit_refuses_a_model_without_a_linear_head_in_one_line(tmp_path, refit
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "grefel_small: its classifier is not a linear layer" in err
     assert not (tmp_path / "out.safetensors").exists()
+    # A search it cannot run is refused before the model is read or a face embedded.
+    code = main(["model", "refit", str(tmp_path / "missing.safetensors"), "--output", str(tmp_path / "out"),
+                 "--format", "csv", "--data-root", str(refit_csv_root), "--folds", "1"])
+    assert code == 2 and capsys.readouterr().err == "grefel model: error: folds = 1: expected at least 2\n"

@@ -119,9 +119,11 @@ def run_refit(args: argparse.Namespace) -> int:
 
     if args.label_mode != "majority":
         raise ConfigError(f"--label-mode {args.label_mode}: refit fits majority labels")
+    # The command line is known only when this runs as the grefel program (or python -m grefel), not when
+    # main() is called from another program with its own argv.
+    command = shlex.join(["grefel", *sys.argv[1:]]) if sys.argv[1:2] == ["model"] else None
     stem = refit_classifier(args.checkpoint, source_from_args(args), args.output,
-                            grid=tuple(args.c_grid), folds=args.folds, seed=args.seed,
-                            command=shlex.join(["grefel", *sys.argv[1:]]) if sys.argv[1:2] == ["model"] else None)
+                            grid=tuple(args.c_grid), folds=args.folds, seed=args.seed, command=command)
     print(f"{stem}.safetensors: classifier re-fitted; temperature 1 and no logit adjustment until you run "
           f"`grefel calibrate --checkpoint {stem}.safetensors --data-root ...`")
     return 0

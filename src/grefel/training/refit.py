@@ -65,14 +65,22 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     return w.detach(), b.detach()
 
 
-def cross_validate_c(x: torch.Tensor, y: torch.Tensor, num_classes: int, grid: Sequence[float],
-                     folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The C of `grid` with the best mean held-out accuracy over `folds` folds of (x, y) (the smaller C,
-    the stronger penalty, on a tie), and that accuracy for every C. Folds are stratified by class."""
+def check_search(grid: Sequence[float], folds: int) -> None:
+    """A one-line ConfigError for a C grid or fold count the search cannot use, before any work is done."""
     if folds < 2:
         raise ConfigError(f"folds = {folds}: expected at least 2")
     if not grid:
         raise ConfigError("the grid of C values is empty")
+    bad = next((c for c in grid if not (math.isfinite(c) and c > 0)), None)
+    if bad is not None:
+        raise ConfigError(f"C = {bad:g} in the grid: expected finite numbers > 0")
+
+
+def cross_validate_c(x: torch.Tensor, y: torch.Tensor, num_classes: int, grid: Sequence[float],
+                     folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """The C of `grid` with the best mean held-out accuracy over `folds` folds of (x, y) (the smaller C,
+    the stronger penalty, on a tie), and that accuracy for every C. Folds are stratified by class."""
+    check_search(grid, folds)
     generator = np.random.default_rng(seed)
     fold_of = np.empty(len(y), np.int64)
     for k in range(num_classes):                  # deal each class's samples round the folds, shuffled
@@ -161,6 +169,7 @@ def refit_classifier(checkpoint: str | os.PathLike | None, source: DataSource, o
                      command: str | None = None, log: Callable[[str], None] = print) -> Path:
     """A copy of a model file (the shipped model when None) at `output` with its linear classifier(s) re-fitted
     on the training split's majority labels (see the module docstring); returns the stem written."""
+    check_search(grid, folds)
     path = resolve_checkpoint(checkpoint)
     model, info = build_from_checkpoint(path)
     heads = linear_heads(model)
