@@ -22,6 +22,7 @@ from grefel.data import (
     train_transform,
 )
 from grefel.errors import ConfigError
+from grefel.labels import CANONICAL_CLASSES
 
 NO_AUG = AugmentConfig(hflip=0, shift=0, scale=0, rotate=0, brightness=0, contrast=0, erasing=0)
 
@@ -171,3 +172,13 @@ def test_class_weights():
     per_sample = class_balanced_weights(labels, 4)
     assert torch.allclose(per_sample, torch.tensor([1 / 3] * 3 + [1.0, 0.5, 0.5], dtype=torch.float64))
     assert class_weights(torch.tensor([1, 1, 7])).shape == (8,)
+
+
+def test_a_dataset_with_a_class_the_model_lacks_is_refused_in_one_line():
+    from grefel.errors import DataError
+
+    targets = np.eye(8, dtype=np.float32)[[0, 3, 7]]                       # neutral, sadness, contempt
+    dataset = FERDataset(np.zeros((3, 48, 48), np.uint8), targets, ["a", "b", "c"], CANONICAL_CLASSES)
+    dataset.require_classes(8)
+    with pytest.raises(DataError, match=r"^the dataset has class contempt that the model \(7 classes\) cannot predict$"):
+        dataset.require_classes(7)

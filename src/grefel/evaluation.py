@@ -22,7 +22,6 @@ from grefel.data.load import describe_split
 from grefel.data.source import DataSource
 from grefel.devices import resolve_device
 from grefel.engine.loops import Amp, Predictions, metrics_report, predict
-from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES
 from grefel.metrics import classification_report, expected_calibration_error, nll, vote_agreement
 from grefel.models.model_file import logit_shift, resolve_checkpoint, update_checkpoint_info
@@ -56,9 +55,7 @@ def score_checkpoint(checkpoint: str | Path | None, source: DataSource, split: s
     ds = load_dataset(source, split, label_mode)
     num_classes = len(info["class_names"])
     shared = [CANONICAL_CLASSES.index(name) for name in ds.class_names if CANONICAL_CLASSES.index(name) < num_classes]
-    if ds.labels.max() >= num_classes:
-        raise DataError(f"the dataset has class {CANONICAL_CLASSES[int(ds.labels.max())]} that the model "
-                        f"({num_classes} classes) cannot predict")
+    ds.require_classes(num_classes)
     ds.transform = eval_transform(info["input"]["size"], info["input"]["channels"])
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_samples)
     flip = served_tta_flip(info, tta_flip)                 # score what predict and serve return

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from grefel.data.votes import MULTI_TARGET_EPSILON, NUM_VOTE_COLUMNS
-from grefel.labels import NUM_CLASSES
+from grefel.errors import DataError
+from grefel.labels import CANONICAL_CLASSES, NUM_CLASSES
 
 
 @dataclass
@@ -68,6 +69,13 @@ class FERDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def require_classes(self, num_classes: int) -> None:
+        """A one-line DataError when a label lies beyond the first `num_classes` canonical classes, those a
+        model of that many classes can predict."""
+        if len(self) and self.labels.max() >= num_classes:
+            raise DataError(f"the dataset has class {CANONICAL_CLASSES[int(self.labels.max())]} that the model "
+                            f"({num_classes} classes) cannot predict")
 
     def __getitem__(self, i: int) -> Sample:
         i = int(i)

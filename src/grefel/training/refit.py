@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from grefel.data import collate_samples, eval_transform, load_dataset
 from grefel.data.dataset import FERDataset
 from grefel.data.source import DataSource
-from grefel.errors import ConfigError, DataError
+from grefel.errors import ConfigError
 from grefel.models import build_from_checkpoint
 from grefel.models.model_file import checkpoint_paths, resolve_checkpoint, save_model_checkpoint
 from grefel.models.serving import served_tta_flip
@@ -149,7 +149,8 @@ def refit_heads(model: nn.Module, embeddings: torch.Tensor, labels: torch.Tensor
         z = (x - mean) / scale                                               # (N, D)
         c, scores = cross_validate_c(z, labels, head.out_features, grid, folds, seed)
         w, b = fit_logistic_regression(z, labels, head.out_features, c)
-        w, b = w / scale, b - (w / scale) @ mean                             # the same logits, of x itself
+        w = w / scale                                                        # the same logits, of x itself
+        b = b - w @ mean
         with torch.no_grad():
             head.weight.copy_(w.to(head.weight.dtype))
             head.bias.copy_(b.to(head.bias.dtype))
@@ -174,10 +175,7 @@ def refit_classifier(checkpoint: str | os.PathLike | None, source: DataSource, o
     model, info = build_from_checkpoint(path)
     heads = linear_heads(model)
     dataset = load_dataset(source, "train", "majority")
-    classes = len(info["class_names"])
-    if int(dataset.labels.max()) >= classes:
-        raise DataError(f"{path}: the training data has class index {int(dataset.labels.max())}, the model "
-                          f"{classes} classes")
+    dataset.require_classes(len(info["class_names"]))
     dataset.transform = eval_transform(info["input"]["size"], info["input"]["channels"])
     flip = served_tta_flip(info)
     log(f"{path}: {len(heads)} linear head(s); embedding {len(dataset)} training images"
