@@ -497,23 +497,50 @@ def test_logistic_regression_fit_is_scikit_learns():
 
 
 def test_cross_validation_picks_the_penalty_that_generalises():
-    from grefel.training.refit import cross_validate_c
+    from grefel.training.refit import best_c, cross_validate_c
 
     g = torch.Generator().manual_seed(0)
     y = torch.arange(120) % 3
     # Clean and separable: every C is right on every held-out face, and the tie goes to the strongest penalty.
     x = torch.nn.functional.one_hot(y, 3).double() * 5 + 0.1 * torch.randn(120, 3, generator=g)
-    best, scores = cross_validate_c(x, y, 3, [1.0, 1e-6, 0.1], folds=4)
-    assert sorted(scores) == [1e-6, 0.1, 1.0] and best == 1e-6 and set(scores.values()) == {1.0}
+    scores = cross_validate_c([x], y, 3, [1.0, 1e-6, 0.1], folds=4)
+    (head,) = scores.heads
+    assert sorted(head) == [1e-6, 0.1, 1.0] and best_c(head) == 1e-6 and set(head.values()) == {1.0}
+    assert scores.combined == head                  # one feature set: its logits are the mean
     # Imbalanced: a penalty so strong it leaves only the (unpenalised) bias predicts the frequent class for all.
     y = torch.cat([torch.zeros(80, dtype=torch.long), torch.arange(40) % 2 + 1])
     x = torch.nn.functional.one_hot(y, 3).double() + torch.randn(120, 3, generator=g) * 0.3
-    best, scores = cross_validate_c(x, y, 3, [1e-6, 10.0], folds=4)
-    assert best == 10.0 and scores[1e-6] == 80 / 120 and scores[10.0] > 0.95
+    head = cross_validate_c([x], y, 3, [1e-6, 10.0], folds=4).heads[0]
+    assert best_c(head) == 10.0 and head[1e-6] == 80 / 120 and head[10.0] > 0.95
     with pytest.raises(ConfigError, match="folds = 1: expected at least 2"):
-        cross_validate_c(x, y, 3, [1.0], folds=1)
+        cross_validate_c([x], y, 3, [1.0], folds=1)
     with pytest.raises(ConfigError, match="C = -1 in the grid: expected finite numbers > 0"):
-        cross_validate_c(x, y, 3, [1.0, -1.0])
+        cross_validate_c([x], y, 3, [1.0, -1.0])
+
+
+def test_cross_validation_scores_an_ensemble_by_its_mean_logits():
+    from grefel.training.refit import cross_validate_c, fit_logistic_regression
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(300) % 3
+    signal = torch.nn.functional.one_hot(y, 3).double()
+    # Two views of the same faces, each with its own noise: averaging their classifiers' logits beats either.
+    xs = [signal + torch.randn(300, 3, generator=g) * 0.9 for _ in range(2)]
+    scores = cross_validate_c(xs, y, 3, [0.1], folds=3, seed=4)
+    assert scores.combined[0.1] > max(head[0.1] for head in scores.heads) + 0.03
+    # It is the held-out accuracy of the summed logits of the two fits on the other folds.
+    fold_of = torch.empty(300, dtype=torch.long)
+    rng = np.random.default_rng(4)
+    for k in range(3):
+        members = np.flatnonzero(y.numpy() == k)
+        fold_of[torch.from_numpy(rng.permutation(members))] = torch.arange(len(members)) % 3
+    correct = 0
+    for fold in range(3):
+        held = fold_of == fold
+        fits = [fit_logistic_regression(x[~held], y[~held], 3, 0.1) for x in xs]
+        logits = sum(x[held] @ w.T + b for x, (w, b) in zip(xs, fits))
+        correct += int((logits.argmax(1) == y[held]).sum())
+    assert scores.combined[0.1] == pytest.approx(correct / 300, abs=1 / 300)
 
 
 @pytest.fixture(scope="module")
@@ -534,7 +561,7 @@ def test_refit_replaces_each_linear_head_by_the_cross_validated_fit_and_leaves_t
     from grefel.data import DataSource, eval_transform, load_dataset
     from grefel.fileio import read_pair
     from grefel.models import build_from_checkpoint
-    from grefel.training.refit import cross_validate_c, fit_logistic_regression, frozen_embeddings
+    from grefel.training.refit import best_c, cross_validate_c, fit_logistic_regression, frozen_embeddings
 
     for i in range(2):
         _cnn_file(tmp_path / f"m{i}", seed=i, noise=None)
@@ -542,7 +569,8 @@ def test_refit_replaces_each_linear_head_by_the_cross_validated_fit_and_leaves_t
     assert main(["model", "ensemble", *paths, "--output", str(tmp_path / "ens")]) == 0
     flags = ["--format", "csv", "--data-root", str(refit_csv_root), "--c-grid", "0.01", "1", "--folds", "3"]
     assert main(["model", "refit", paths[0], "--output", str(tmp_path / "r0"), *flags]) == 0
-    assert main(["model", "refit", str(tmp_path / "ens.safetensors"), "--output", str(tmp_path / "rens"), *flags]) == 0
+    assert main(["model", "refit", str(tmp_path / "ens.safetensors"), "--output", str(tmp_path / "rens"), *flags,
+                 "--c-by", "head"]) == 0
 
     # What was written is the logistic regression of the frozen (flip-free: the files serve no flip) embeddings.
     model, _ = build_from_checkpoint(paths[0])
@@ -550,7 +578,8 @@ def test_refit_replaces_each_linear_head_by_the_cross_validated_fit_and_leaves_t
     ds.transform = eval_transform(32, 3)
     x, y = frozen_embeddings(model, ds, tta_flip=False), torch.from_numpy(ds.labels)
     z = (x - x.mean(0)) / x.std(0)                  # a fresh network's embedding has scale ~1e-3: standardised
-    c, scores = cross_validate_c(z, y, 8, [0.01, 1.0], folds=3)
+    scores = cross_validate_c([z], y, 8, [0.01, 1.0], folds=3).heads[0]
+    c = best_c(scores)
     w, b = fit_logistic_regression(z, y, 8, c)
     w, b = w / x.std(0), b - (w / x.std(0)) @ x.mean(0)
     refitted, info = build_from_checkpoint(tmp_path / "r0.safetensors")
@@ -567,16 +596,33 @@ def test_refit_replaces_each_linear_head_by_the_cross_validated_fit_and_leaves_t
     assert refit["heads"] == [{"C": c, "cv_accuracy": {f"{k:g}": round(v, 6) for k, v in scores.items()},
                                "train_accuracy": round(fitted_accuracy, 6)}]
     assert (refit["samples"], refit["from"], refit["tta_flip"]) == (320, paths[0], False)
+    assert "ensemble_cv_accuracy" not in refit     # one head: the mean of its logits is its own
     assert "command" not in refit                   # main() was not called as the grefel program
     assert info["temperature"] == 1.0 and "logit_adjustment" not in info and "metrics" not in info
     assert info["training"]["data"]["train_class_counts"] == [9, 8, 7, 6, 5, 1, 2, 1]   # for a logit adjustment
 
-    # An ensemble's members are re-fitted each on its own slice of the embedding: as if refitted alone.
+    # With --c-by head an ensemble's members are re-fitted each on its own slice of the embedding, with its own
+    # best C: as if refitted alone.
     ensemble, _ = build_from_checkpoint(tmp_path / "rens.safetensors")
     torch.testing.assert_close(ensemble.members[0].fc.weight, refitted.fc.weight)
     assert main(["model", "refit", paths[1], "--output", str(tmp_path / "r1"), *flags]) == 0
     alone = build_from_checkpoint(tmp_path / "r1.safetensors")[0]
     torch.testing.assert_close(ensemble.members[1].fc.weight, alone.fc.weight)
+
+    # By default one C for both members: the best for the mean of their logits, recorded with its scores.
+    assert main(["model", "refit", str(tmp_path / "ens.safetensors"), "--output", str(tmp_path / "shared"),
+                 *flags]) == 0
+    model, _ = build_from_checkpoint(tmp_path / "ens.safetensors")
+    e = frozen_embeddings(model, ds, tta_flip=False)
+    zs = [(part - part.mean(0)) / part.std(0) for part in e.split(e.shape[1] // 2, dim=1)]
+    combined = cross_validate_c(zs, y, 8, [0.01, 1.0], folds=3).combined
+    shared, info = build_from_checkpoint(tmp_path / "shared.safetensors")
+    refit = info["training"]["refit"]
+    assert refit["c_by"] == "ensemble" and [h["C"] for h in refit["heads"]] == [best_c(combined)] * 2
+    assert refit["ensemble_cv_accuracy"] == {f"{k:g}": round(v, 6) for k, v in combined.items()}
+    for member, part, z_part in zip(shared.members, e.split(e.shape[1] // 2, dim=1), zs):
+        w, _ = fit_logistic_regression(z_part, y, 8, best_c(combined))
+        torch.testing.assert_close(member.fc.weight, (w / part.std(0)).float())
 
 
 def test_refit_refuses_a_model_without_a_linear_head_in_one_line(tmp_path, refit_csv_root, cache_dir, capsys):

@@ -45,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                            description="Re-fit the linear classifier of a cnn_baseline model file (each member's, for "
                                        "a cnn_ensemble) as an L2 multinomial logistic regression on the frozen "
                                        "embeddings of the training split's images, C chosen by k-fold "
-                                       "cross-validation on that split. Writes a copy; the backbone is unchanged.")
+                                       "cross-validation on that split (for an ensemble, by default one C for all "
+                                       "members, the best for their averaged logits). Writes a copy; the backbone is unchanged.")
     refit.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="X.safetensors (default: the shipped model)")
     refit.add_argument("--output", required=True, help="where to write the copy (X.safetensors + X.json)")
     refit.add_argument("--c-grid", type=float, nargs="+", metavar="C",
@@ -54,6 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "(default: 0.001 0.003 0.01 0.03 0.1 0.3 1)")
     refit.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     refit.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    refit.add_argument("--c-by", choices=("ensemble", "head"), default="ensemble",
+                       help="for a cnn_ensemble: one C for every member, the best for their averaged logits as the "
+                            "file serves them (ensemble, the default), or each member's own best C (head)")
     add_source_arguments(refit, split_default=None)
     refit.set_defaults(func=run_refit)
 
@@ -123,7 +127,8 @@ def run_refit(args: argparse.Namespace) -> int:
     # main() is called from another program with its own argv.
     command = shlex.join(["grefel", *sys.argv[1:]]) if sys.argv[1:2] == ["model"] else None
     stem = refit_classifier(args.checkpoint, source_from_args(args), args.output,
-                            grid=tuple(args.c_grid), folds=args.folds, seed=args.seed, command=command)
+                            grid=tuple(args.c_grid), folds=args.folds, seed=args.seed, c_by=args.c_by,
+                            command=command)
     print(f"{stem}.safetensors: classifier re-fitted; temperature 1 and no logit adjustment until you run "
           f"`grefel calibrate --checkpoint {stem}.safetensors --data-root ...`")
     return 0

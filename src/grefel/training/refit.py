@@ -9,7 +9,8 @@ Long-Tailed Recognition"); the README measures what it does to accuracy and
 rare-class recall on FERPlus. The features are standardised (the scaling is
 folded into the written layer) and the penalty is chosen by k-fold
 cross-validation on the training split, never on the split that reports the
-model. The backbone is untouched; the re-fitted file is served at temperature
+model; for an ensemble, by default one penalty for all members, the one whose
+members' averaged logits (what the ensemble serves) cross-validate best. The backbone is untouched; the re-fitted file is served at temperature
 1 without logit adjustment until `grefel calibrate` fits both.
 """
 
@@ -65,8 +66,14 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     return w.detach(), b.detach()
 
 
-def check_search(grid: Sequence[float], folds: int) -> None:
-    """A one-line ConfigError for a C grid or fold count the search cannot use, before any work is done."""
+# How C is chosen for a model with several heads: one for all, by the mean of their logits; or each its own.
+C_CHOICES = ("ensemble", "head")
+
+
+def check_search(grid: Sequence[float], folds: int, c_by: str = "ensemble") -> None:
+    """A one-line ConfigError for a C grid, fold count or choice of C the search cannot use, before any work."""
+    if c_by not in C_CHOICES:
+        raise ConfigError(f"c_by = {c_by!r}: expected one of {', '.join(C_CHOICES)}")
     if folds < 2:
         raise ConfigError(f"folds = {folds}: expected at least 2")
     if not grid:
@@ -76,10 +83,23 @@ def check_search(grid: Sequence[float], folds: int) -> None:
         raise ConfigError(f"C = {bad:g} in the grid: expected finite numbers > 0")
 
 
-def cross_validate_c(x: torch.Tensor, y: torch.Tensor, num_classes: int, grid: Sequence[float],
-                     folds: int = 5, seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The C of `grid` with the best mean held-out accuracy over `folds` folds of (x, y) (the smaller C,
-    the stronger penalty, on a tie), and that accuracy for every C. Folds are stratified by class."""
+@dataclass
+class CVScores:
+    """Mean held-out accuracy for each C of a grid: of each feature set's own classifier (`heads`), and of
+    the mean of their logits (`combined`), which is what an ensemble of those classifiers serves."""
+    heads: list[dict[float, float]]
+    combined: dict[float, float]
+
+
+def best_c(scores: dict[float, float]) -> float:
+    """The C with the best accuracy; on a tie the smaller one, the stronger penalty."""
+    return max(scores, key=lambda c: (scores[c], -c))
+
+
+def cross_validate_c(xs: Sequence[torch.Tensor], y: torch.Tensor, num_classes: int, grid: Sequence[float],
+                     folds: int = 5, seed: int = 0) -> CVScores:
+    """Cross-validated accuracy, over `folds` folds stratified by class, of a logistic regression on each
+    (N, D_i) feature set of `xs` and of the mean of their logits, for every C of `grid`."""
     check_search(grid, folds)
     generator = np.random.default_rng(seed)
     fold_of = np.empty(len(y), np.int64)
@@ -87,16 +107,24 @@ def cross_validate_c(x: torch.Tensor, y: torch.Tensor, num_classes: int, grid: S
         members = np.flatnonzero(y.numpy() == k)
         fold_of[generator.permutation(members)] = np.arange(len(members)) % folds
     fold_of = torch.from_numpy(fold_of)
-    correct = dict.fromkeys(sorted(grid), 0)
+    grid = sorted(grid)
+    correct = [dict.fromkeys(grid, 0) for _ in xs]
+    combined = dict.fromkeys(grid, 0)
     for fold in range(folds):
-        held, fit = fold_of == fold, None
-        for c in correct:                         # strongest penalty first, each fit starting from the last
-            fit = fit_logistic_regression(x[~held], y[~held], num_classes, c, start=fit)
-            w, b = fit
-            correct[c] += int(((x[held].double() @ w.T + b).argmax(1) == y[held]).sum())
-    scores = {c: n / len(y) for c, n in correct.items()}
-    best = max(scores, key=lambda c: (scores[c], -c))
-    return best, scores
+        held = fold_of == fold
+        logit_sum = {c: 0.0 for c in grid}
+        for x, head_correct in zip(xs, correct):
+            fit = None
+            for c in grid:                        # strongest penalty first, each fit starting from the last
+                fit = fit_logistic_regression(x[~held], y[~held], num_classes, c, start=fit)
+                w, b = fit
+                logits = x[held].double() @ w.T + b                      # (N_held, K)
+                head_correct[c] += int((logits.argmax(1) == y[held]).sum())
+                logit_sum[c] = logit_sum[c] + logits
+        for c in grid:
+            combined[c] += int((logit_sum[c].argmax(1) == y[held]).sum())
+    return CVScores(heads=[{c: n / len(y) for c, n in hc.items()} for hc in correct],
+                    combined={c: n / len(y) for c, n in combined.items()})
 
 
 def linear_heads(model: nn.Module) -> list[nn.Linear]:
@@ -127,6 +155,10 @@ def frozen_embeddings(model: nn.Module, dataset: FERDataset, tta_flip: bool, bat
     return torch.cat(parts)
 
 
+def rounded(accuracy: dict[float, float]) -> dict[str, float]:
+    return {f"{c:g}": round(a, 6) for c, a in accuracy.items()}
+
+
 @dataclass
 class HeadFit:
     c: float
@@ -135,42 +167,55 @@ class HeadFit:
 
 
 def refit_heads(model: nn.Module, embeddings: torch.Tensor, labels: torch.Tensor, grid: Sequence[float],
-                folds: int, seed: int = 0, log: Callable[[str], None] = print) -> list[HeadFit]:
-    """Replace each linear head of `model` by a logistic regression fitted on its slice of `embeddings`,
-    its C chosen by cross-validation; returns what was chosen."""
-    fits, start = [], 0
-    for i, head in enumerate(linear_heads(model)):
+                folds: int, seed: int = 0, c_by: str = "ensemble",
+                log: Callable[[str], None] = print) -> tuple[list[HeadFit], CVScores]:
+    """Replace each linear head of `model` by a logistic regression fitted on its slice of `embeddings`.
+    C is cross-validated: with `c_by` "ensemble" one C for every head, the best for the mean of their
+    logits (what the model serves); with "head" each head's own best. Returns the fits and the CV scores."""
+    check_search(grid, folds, c_by)
+    heads, inputs, start = linear_heads(model), [], 0
+    for head in heads:
         x = embeddings[:, start:start + head.in_features]                   # (N, D) this head's input
         start += head.in_features
         # Standardised, so that C means the same whatever the scale of the embedding (a fresh network's
         # is ~1e-3); a feature constant over the split keeps scale 1.
         mean, scale = x.mean(0), x.std(0)
         scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
-        z = (x - mean) / scale                                               # (N, D)
-        c, scores = cross_validate_c(z, labels, head.out_features, grid, folds, seed)
-        w, b = fit_logistic_regression(z, labels, head.out_features, c)
+        inputs.append((x, mean, scale))
+    if start != embeddings.shape[1]:
+        raise ConfigError(f"{model.preset}: its heads take {start} features, its embedding has {embeddings.shape[1]}")
+    num_classes = heads[0].out_features
+    scores = cross_validate_c([(x - mean) / scale for x, mean, scale in inputs], labels, num_classes, grid,
+                              folds, seed)
+    shared = best_c(scores.combined)
+    named = [(f"head {i}", accuracy) for i, accuracy in enumerate(scores.heads)]
+    if len(heads) > 1:
+        named.append((f"mean logits of the {len(heads)} heads", scores.combined))
+    for name, accuracy in named:
+        log(f"{name}: cross-validated accuracy " + ", ".join(f"C {k:g}: {v:.4f}" for k, v in accuracy.items()))
+    chosen = [shared if c_by == "ensemble" else best_c(accuracy) for accuracy in scores.heads]
+    if len(grid) > 1 and any(c in (min(grid), max(grid)) for c in chosen):
+        log("a chosen C is at the edge of the grid; a wider --c-grid may do better")
+    fits = []
+    for i, (head, (x, mean, scale), c) in enumerate(zip(heads, inputs, chosen)):
+        w, b = fit_logistic_regression((x - mean) / scale, labels, num_classes, c)
         w = w / scale                                                        # the same logits, of x itself
         b = b - w @ mean
         with torch.no_grad():
             head.weight.copy_(w.to(head.weight.dtype))
             head.bias.copy_(b.to(head.bias.dtype))
         train_accuracy = float(((x @ w.T + b).argmax(1) == labels).double().mean())
-        log(f"head {i}: C = {c:g} (cross-validated accuracy " +
-            ", ".join(f"C {k:g}: {v:.4f}" for k, v in scores.items()) + f"); training accuracy {train_accuracy:.4f}")
-        if len(scores) > 1 and c in (min(scores), max(scores)):
-            log(f"head {i}: C = {c:g} is at the edge of the grid; a wider --c-grid may do better")
-        fits.append(HeadFit(c, scores, train_accuracy))
-    if start != embeddings.shape[1]:
-        raise ConfigError(f"{model.preset}: its heads take {start} features, its embedding has {embeddings.shape[1]}")
-    return fits
+        log(f"head {i}: fitted at C = {c:g}; training accuracy {train_accuracy:.4f}")
+        fits.append(HeadFit(c, scores.heads[i], train_accuracy))
+    return fits, scores
 
 
 def refit_classifier(checkpoint: str | os.PathLike | None, source: DataSource, output: str | os.PathLike, *,
-                     grid: Sequence[float], folds: int = 5, seed: int = 0, batch_size: int = 128,
-                     command: str | None = None, log: Callable[[str], None] = print) -> Path:
+                     grid: Sequence[float], folds: int = 5, seed: int = 0, c_by: str = "ensemble",
+                     batch_size: int = 128, command: str | None = None, log: Callable[[str], None] = print) -> Path:
     """A copy of a model file (the shipped model when None) at `output` with its linear classifier(s) re-fitted
     on the training split's majority labels (see the module docstring); returns the stem written."""
-    check_search(grid, folds)
+    check_search(grid, folds, c_by)
     path = resolve_checkpoint(checkpoint)
     model, info = build_from_checkpoint(path)
     heads = linear_heads(model)
@@ -181,15 +226,21 @@ def refit_classifier(checkpoint: str | os.PathLike | None, source: DataSource, o
     log(f"{path}: {len(heads)} linear head(s); embedding {len(dataset)} training images"
         + (" and their mirrors" if flip else ""))
     labels = torch.from_numpy(dataset.labels.astype(np.int64))
-    fits = refit_heads(model, frozen_embeddings(model, dataset, flip, batch_size), labels, grid, folds, seed, log)
+    fits, scores = refit_heads(model, frozen_embeddings(model, dataset, flip, batch_size), labels, grid, folds, seed,
+                               c_by, log)
     training = dict(info.get("training", {}))
     training["refit"] = {
         "from": str(path), "from_weights_sha256": info.get("weights_sha256"),
         "method": "multinomial logistic regression on standardised frozen embeddings (L2, bias unpenalised), C by "
-                  f"{folds}-fold cross-validation on the training split",
+                  f"{folds}-fold cross-validation on the training split"
+                  + (", one C for all heads, the best for their mean logits" if c_by == "ensemble" and len(fits) > 1
+                     else ""),
         "split": "train", "label_mode": "majority", "samples": len(dataset), "tta_flip": flip, "seed": seed,
-        "heads": [{"C": f.c, "cv_accuracy": {f"{c:g}": round(a, 6) for c, a in f.cv_accuracy.items()},
-                   "train_accuracy": round(f.train_accuracy, 6)} for f in fits]}
+        "c_by": c_by,
+        "heads": [{"C": f.c, "cv_accuracy": rounded(f.cv_accuracy), "train_accuracy": round(f.train_accuracy, 6)}
+                  for f in fits]}
+    if len(fits) > 1:
+        training["refit"]["ensemble_cv_accuracy"] = rounded(scores.combined)
     if command:
         training["refit"]["command"] = command
     # The trained head's figures, temperature and logit adjustment do not describe the new one.
