@@ -5,8 +5,10 @@ as served (test-time flip, the checkpoint's own temperature) and reports
 accuracy, mean class accuracy and the recall of disgust, fear and contempt,
 with the served logits adjusted by -tau * log(training prior) (Menon et al.
 2021, "Long-tail learning via logit adjustment") for each tau, as `grefel
-calibrate --logit-adjustment TAU` serves them (checkpoints already adjusted are
-scored from their raw logits; several are averaged as calibrated log-probabilities),
+calibrate --logit-adjustment TAU` serves them and with the prior it would store
+(grefel.evaluation.fitted_class_counts: a re-fitted head's majority labels, else
+the training run's labels). Checkpoints already adjusted are scored from their
+raw logits; several are averaged as calibrated log-probabilities,
 and the reliability head's corrected prediction where the model has one.
 
 With --bias-class, it also adds each of --biases to that one class's adjusted
@@ -28,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from grefel.data import DataSource, load_dataset
-from grefel.evaluation import score_checkpoint
+from grefel.data import DataSource
+from grefel.evaluation import fitted_class_counts, score_checkpoint
 from grefel.fileio import atomic_write_json
 from grefel.labels import CANONICAL_CLASSES
 from grefel.metrics import accuracy, confusion_matrix, mean_class_accuracy, per_class_recall
@@ -72,31 +74,32 @@ def main() -> int:
     args = parser.parse_args()
 
     source = DataSource(format="ferplus", root=args.data_root)
-    prior = np.bincount(load_dataset(source, "train", "majority").labels, minlength=len(CANONICAL_CLASSES))
-    log_prior = np.log((prior + 1) / (prior + 1).sum())   # as grefel.models.model_file.logit_shift
-    served, corrected, labels = [], [], None
+    served, corrected, log_priors, labels = [], [], [], None
     results: dict[str, dict] = {}
+    priors: dict[str, list[int]] = {}
     for path in args.checkpoint:
         scored = score_checkpoint(path, source, "valid", "majority")
         info, preds = scored.info, scored.preds
         raw, labels = preds.served_logits(info["serve"]), preds.label   # before the file's adjustment or temperature
-        # tau acts on these raw logits, as `grefel calibrate --logit-adjustment TAU` stores it
-        results[path] = adjusted_rows(raw, labels, log_prior, args)
+        # tau acts on these raw logits with the prior `grefel calibrate --logit-adjustment TAU` would store
+        priors[path] = fitted_class_counts(info, source)
+        counts = np.array(priors[path], np.float64) + 1
+        log_priors.append(np.log(counts / counts.sum()))                 # as grefel.models.model_file.logit_shift
+        results[path] = adjusted_rows(raw, labels, log_priors[-1], args)
         # models are averaged as calibrated log-probabilities
         served.append(torch.log_softmax(torch.from_numpy(raw).double() / float(info["temperature"]), -1).numpy())
         corrected.append(np.log(np.clip(preds.corrected, 1e-8, None)))
         if info["preset"] not in ("cnn_baseline", "cnn_ensemble", "face_baseline"):
             results[path]["reliability-corrected"] = summary(corrected[-1], labels)
-    if len(served) > 1:
-        mean = np.mean(served, 0)
-        results["average of all"] = adjusted_rows(mean, labels, log_prior, args)
+    if len(served) > 1:   # the average of log-probabilities carries the average of the members' log priors
+        results["average of all"] = adjusted_rows(np.mean(served, 0), labels, np.mean(log_priors, 0), args)
     for name, rows in results.items():
         print(name)
         for row, r in rows.items():
             print(f"  {row:26s} acc {r['accuracy'] * 100:6.2f}  MCA {r['mean_class_accuracy'] * 100:6.2f}  " +
                   "  ".join(f"{c} {r[f'recall_{c}'] * 100:5.1f}" for c in RARE))
     if args.output_json:
-        atomic_write_json(args.output_json, {"command": " ".join(sys.argv), "train_prior": prior.tolist(),
+        atomic_write_json(args.output_json, {"command": " ".join(sys.argv), "train_class_counts": priors,
                                              "results": results})
     return 0
 

@@ -199,3 +199,18 @@ def test_logit_adjustment_is_stored_served_and_scored(checkpoint, tmp_path):
     copy.with_suffix(".json").write_text(json.dumps(info))
     proc = run("evaluate", "--checkpoint", str(copy), "--data-root", str(FERPLUS_ROOT), "--split", "valid")
     assert proc.returncode == 2 and "logit_adjustment.tau 7: expected a number in [0, 2]" in proc.stderr
+
+
+def test_logit_adjustment_divides_out_the_prior_the_classifier_was_fitted_on(tmp_path):
+    from grefel.data import DataSource
+    from grefel.evaluation import fitted_class_counts
+
+    names = {"class_names": ["neutral", "happiness", "surprise"]}
+    run = {"data": {"train_class_counts": [50, 30, 20, 0, 0, 0, 0, 0]}}
+    refit = {**run, "refit": {"class_counts": [40, 25, 10]}}
+    (tmp_path / "train.csv").write_text("emotion,pixels\n" + "".join(f"{k},{' '.join(['7'] * 2304)}\n"
+                                                                    for k in (0, 0, 1, 2, 2, 2)))
+    source = DataSource(format="csv", root=str(tmp_path))
+    assert fitted_class_counts({**names, "training": refit}, source) == [40, 25, 10]   # the re-fitted head's
+    assert fitted_class_counts({**names, "training": run}, source) == [50, 30, 20]     # the training run's
+    assert fitted_class_counts(names, source) == [2, 1, 3]     # an old file: the training split's majority labels

@@ -599,7 +599,8 @@ def test_refit_replaces_each_linear_head_by_the_cross_validated_fit_and_leaves_t
     assert "ensemble_cv_accuracy" not in refit     # one head: the mean of its logits is its own
     assert "command" not in refit                   # main() was not called as the grefel program
     assert info["temperature"] == 1.0 and "logit_adjustment" not in info and "metrics" not in info
-    assert info["training"]["data"]["train_class_counts"] == [9, 8, 7, 6, 5, 1, 2, 1]   # for a logit adjustment
+    assert info["training"]["data"]["train_class_counts"] == [9, 8, 7, 6, 5, 1, 2, 1]
+    assert refit["class_counts"] == np.bincount(ds.labels, minlength=8).tolist()   # the prior a logit adjustment removes
 
     # With --c-by head an ensemble's members are re-fitted each on its own slice of the embedding, with its own
     # best C: as if refitted alone.

@@ -106,6 +106,18 @@ def evaluate_checkpoint(scored: Scored, serve: str | None = None, plots: str | P
     return report
 
 
+def fitted_class_counts(info: dict[str, Any], source: DataSource) -> list[int]:
+    """Per class, how many training labels the file's classifier was fitted on, whose prior a logit adjustment
+    divides out: a re-fitted head's majority labels (`grefel model refit`), else the training run's labels,
+    else (a file from before runs recorded them) the majority labels of `source`'s training split."""
+    classes = len(info["class_names"])
+    training = info.get("training", {})
+    counts = training.get("refit", {}).get("class_counts") or training.get("data", {}).get("train_class_counts")
+    if counts is None:
+        counts = load_dataset(source, "train", "majority").class_counts().tolist()
+    return [int(c) for c in counts[:classes]]
+
+
 def calibrate_checkpoint(scored: Scored, output: str | Path | None = None,
                          logit_adjustment: tuple[float, list[int]] | None = None) -> tuple[dict[str, Any], Path]:
     """Fit temperature scaling on the scored split and write it into the checkpoint's JSON (or a calibrated

@@ -70,20 +70,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from grefel.data import load_dataset
     from grefel.errors import ConfigError
-    from grefel.evaluation import calibrate_checkpoint
+    from grefel.evaluation import calibrate_checkpoint, fitted_class_counts
 
     scored = _score(args)
     adjustment = None
     if args.logit_adjustment is not None:
         if not 0 <= args.logit_adjustment <= 2:
             raise ConfigError(f"--logit-adjustment {args.logit_adjustment}: expected a number in [0, 2]")
-        classes = len(scored.info["class_names"])
-        counts = scored.info.get("training", {}).get("data", {}).get("train_class_counts")
-        if counts is None:   # a model file from before training recorded them: count the training split
-            counts = load_dataset(source_from_args(args), "train", "majority").class_counts()[:classes].tolist()
-        adjustment = (args.logit_adjustment, counts[:classes])
+        adjustment = (args.logit_adjustment, fitted_class_counts(scored.info, source_from_args(args)))
     result, written = calibrate_checkpoint(scored, args.output, adjustment)
     print(json.dumps(result, indent=2))
     print(f"temperature {result['temperature']:.4f} written to {written}")

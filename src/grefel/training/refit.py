@@ -236,6 +236,8 @@ def refit_classifier(checkpoint: str | os.PathLike | None, source: DataSource, o
                   + (", one C for all heads, the best for their mean logits" if c_by == "ensemble" and len(fits) > 1
                      else ""),
         "split": "train", "label_mode": "majority", "samples": len(dataset), "tta_flip": flip, "seed": seed,
+        # The prior the new heads learned, which `grefel calibrate --logit-adjustment` divides out.
+        "class_counts": dataset.class_counts()[:len(info["class_names"])].tolist(),
         "c_by": c_by,
         "heads": [{"C": f.c, "cv_accuracy": rounded(f.cv_accuracy), "train_accuracy": round(f.train_accuracy, 6)}
                   for f in fits]}
