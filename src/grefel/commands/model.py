@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                        "a cnn_ensemble) as an L2 multinomial logistic regression on the frozen "
                                        "embeddings of the training split's images, C chosen by k-fold "
                                        "cross-validation on that split (for an ensemble, by default one C for all "
-                                       "members, the best for their averaged logits). Writes a copy; the backbone is unchanged.")
+                                       "members, the best for their averaged logits). Writes a copy; the backbone "
+                                       "is unchanged.")
     refit.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="X.safetensors (default: the shipped model)")
     refit.add_argument("--output", required=True, help="where to write the copy (X.safetensors + X.json)")
     refit.add_argument("--c-grid", type=float, nargs="+", metavar="C",

@@ -10,8 +10,9 @@ rare-class recall on FERPlus. The features are standardised (the scaling is
 folded into the written layer) and the penalty is chosen by k-fold
 cross-validation on the training split, never on the split that reports the
 model; for an ensemble, by default one penalty for all members, the one whose
-members' averaged logits (what the ensemble serves) cross-validate best. The backbone is untouched; the re-fitted file is served at temperature
-1 without logit adjustment until `grefel calibrate` fits both.
+members' averaged logits (what the ensemble serves) cross-validate best. The
+backbone is untouched; the re-fitted file is served at temperature 1 without
+logit adjustment until `grefel calibrate` fits both.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def frozen_embeddings(model: nn.Module, dataset: FERDataset, tta_flip: bool, bat
 
 
 def rounded(accuracy: dict[float, float]) -> dict[str, float]:
+    """Accuracies by C as the JSON records them."""
     return {f"{c:g}": round(a, 6) for c, a in accuracy.items()}
 
 
