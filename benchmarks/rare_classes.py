@@ -35,6 +35,7 @@ from grefel.evaluation import fitted_class_counts, score_checkpoint
 from grefel.fileio import atomic_write_json
 from grefel.labels import CANONICAL_CLASSES
 from grefel.metrics import accuracy, confusion_matrix, mean_class_accuracy, per_class_recall
+from grefel.models.model_file import log_prior
 
 RARE = ("disgust", "fear", "contempt")
 
@@ -48,14 +49,14 @@ def summary(log_probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return out
 
 
-def adjusted_rows(logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
+def adjusted_rows(logits: np.ndarray, labels: np.ndarray, prior_logs: np.ndarray,
                   args: argparse.Namespace) -> dict[str, dict]:
     """A summary per tau of --taus, then per bias of --biases added to --bias-class's logit at --bias-tau."""
-    rows = {f"tau {t:g}": summary(logits - t * log_prior, labels) for t in args.taus}
+    rows = {f"tau {t:g}": summary(logits - t * prior_logs, labels) for t in args.taus}
     if args.bias_class:
         column = CANONICAL_CLASSES.index(args.bias_class)
         for bias in args.biases:
-            pushed = logits - args.bias_tau * log_prior
+            pushed = logits - args.bias_tau * prior_logs
             pushed[:, column] += bias
             rows[f"tau {args.bias_tau:g} {args.bias_class} +{bias:g}"] = summary(pushed, labels)
     return rows
@@ -83,8 +84,7 @@ def main() -> int:
         raw, labels = preds.served_logits(info["serve"]), preds.label   # before the file's adjustment or temperature
         # tau acts on these raw logits with the prior `grefel calibrate --logit-adjustment TAU` would store
         priors[path] = fitted_class_counts(info, source)
-        counts = np.array(priors[path], np.float64) + 1
-        log_priors.append(np.log(counts / counts.sum()))                 # as grefel.models.model_file.logit_shift
+        log_priors.append(np.array(log_prior(priors[path])))            # the prior grefel.models.model_file.logit_shift uses
         results[path] = adjusted_rows(raw, labels, log_priors[-1], args)
         # models are averaged as calibrated log-probabilities
         served.append(torch.log_softmax(torch.from_numpy(raw).double() / float(info["temperature"]), -1).numpy())

@@ -108,6 +108,13 @@ def validate_checkpoint_info(info: dict[str, Any], where: Path) -> None:
     _check_logit_adjustment(info, where)
 
 
+def log_prior(class_counts: list[float]) -> list[float]:
+    """log of the training class prior, each count +1 so that a class never seen stays finite."""
+    counts = [float(c) + 1.0 for c in class_counts]
+    total = sum(counts)
+    return [math.log(c / total) for c in counts]
+
+
 def logit_shift(info: dict[str, Any]) -> list[float] | None:
     """What the served logits lose before the temperature: tau * log(training class prior) (logit adjustment,
     Menon et al. 2021), from the file's `logit_adjustment` {"tau", "train_class_counts"}; None without one.
@@ -115,9 +122,7 @@ def logit_shift(info: dict[str, Any]) -> list[float] | None:
     adjustment = info.get("logit_adjustment")
     if adjustment is None:
         return None
-    counts = [float(c) + 1.0 for c in adjustment["train_class_counts"]]   # +1: a class never seen stays finite
-    total = sum(counts)
-    return [float(adjustment["tau"]) * math.log(c / total) for c in counts]
+    return [float(adjustment["tau"]) * p for p in log_prior(adjustment["train_class_counts"])]
 
 
 def _check_logit_adjustment(info: dict[str, Any], where: Path) -> None:
