@@ -187,8 +187,8 @@ def refit_heads(model: nn.Module, embeddings: torch.Tensor, labels: torch.Tensor
     if start != embeddings.shape[1]:
         raise ConfigError(f"{model.preset}: its heads take {start} features, its embedding has {embeddings.shape[1]}")
     num_classes = heads[0].out_features
-    scores = cross_validate_c([(x - mean) / scale for x, mean, scale in inputs], labels, num_classes, grid,
-                              folds, seed)
+    standardised = [(x - mean) / scale for x, mean, scale in inputs]     # each (N, D_i)
+    scores = cross_validate_c(standardised, labels, num_classes, grid, folds, seed)
     shared = best_c(scores.combined)
     named = [(f"head {i}", accuracy) for i, accuracy in enumerate(scores.heads)]
     if len(heads) > 1:
@@ -199,8 +199,8 @@ def refit_heads(model: nn.Module, embeddings: torch.Tensor, labels: torch.Tensor
     if len(grid) > 1 and any(c in (min(grid), max(grid)) for c in chosen):
         log("a chosen C is at the edge of the grid; a wider --c-grid may do better")
     fits = []
-    for i, (head, (x, mean, scale), c) in enumerate(zip(heads, inputs, chosen)):
-        w, b = fit_logistic_regression((x - mean) / scale, labels, num_classes, c)
+    for i, (head, (x, mean, scale), z, c) in enumerate(zip(heads, inputs, standardised, chosen)):
+        w, b = fit_logistic_regression(z, labels, num_classes, c)
         w = w / scale                                                        # the same logits, of x itself
         b = b - w @ mean
         with torch.no_grad():
