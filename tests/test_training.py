@@ -499,3 +499,49 @@ def test_distillation_blends_the_teachers_into_the_targets(tmp_path):
     train(load_config(str(tiny_config(tmp_path, epochs=1, distill_from=[teacher])), []), out)
     assert (out / "teacher_targets.npz").is_file()
     assert json.loads((out / "checkpoints" / "best.json").read_text())["training"]["config"]["distill_from"] == [teacher]
+    # Consistent mode: the teachers are one view each (no flip, no adjustment), averaged, on every batch.
+    from grefel.training.distill import Teacher
+    views = torch.rand(5, 3, 48, 48)
+    plain = ServingModel.from_checkpoint(teacher, tta_flip=False)
+    assert Teacher((teacher, str(adjusted)), (3, 48), torch.device("cpu"))(views).allclose(plain(views), atol=1e-6)
+    with pytest.raises(ConfigError, match="1-channel 48 px"):
+        Teacher((teacher,), (1, 48), torch.device("cpu"))
+    out = tmp_path / "consistent"
+    train(load_config(str(tiny_config(tmp_path, epochs=1, distill_from=[teacher], distill_mode="consistent")), []),
+          out)
+    assert not (out / "teacher_targets.npz").exists() and (out / "checkpoints" / "best.safetensors").is_file()
+    with pytest.raises(ConfigError, match="distill_mode = 'fixed'"):
+        load_config(str(tiny_config(tmp_path, distill_mode="fixed")), [])
+
+
+def test_a_teacher_is_asked_about_the_very_view_the_student_is_trained_on():
+    """train_one_epoch with a teacher: the teacher sees the student's (augmented) batch, and the loss gets
+    (1 - w) * target + w * the teacher's probabilities."""
+    from grefel.engine.loops import Amp, train_one_epoch
+    from grefel.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cnn_baseline", widths=(4, 4, 8, 8))
+    seen = {"student": [], "teacher": [], "target": []}
+    model.register_forward_pre_hook(lambda _, args: seen["student"].append(args[0].clone()))
+    teacher_probs = torch.softmax(torch.randn(8, 8), -1)
+
+    def teacher(x):
+        seen["teacher"].append(x.clone())
+        return teacher_probs
+
+    def criterion(out, target, anchors, trust):
+        seen["target"].append(target)
+        loss = -(target * torch.log_softmax(out.logits, -1)).sum(1).mean()
+        return loss, {"cls": loss}
+
+    labels = torch.randint(0, 8, (16,))
+    loader = [{"image": torch.rand(8, 3, 48, 48), "target": torch.nn.functional.one_hot(labels[i:i + 8], 8).float(),
+               "label": labels[i:i + 8]} for i in (0, 8)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    train_one_epoch(model, criterion, optimizer, scheduler, loader, device=torch.device("cpu"), step=0,
+                    total_steps=2, amp=Amp("off", "cpu"), teacher=teacher, teacher_weight=0.3)
+    for batch, student, taught, target in zip(loader, seen["student"], seen["teacher"], seen["target"]):
+        assert torch.equal(student, taught)
+        torch.testing.assert_close(target, 0.7 * batch["target"] + 0.3 * teacher_probs)

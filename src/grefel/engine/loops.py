@@ -72,11 +72,14 @@ def train_one_epoch(model: nn.Module, criterion: GReFELLoss, optimizer: torch.op
                     step: int, total_steps: int, amp: Amp, ema: nn.Module | None = None,
                     grad_clip: float | None = None, info: DistInfo = DistInfo(),
                     frozen_cache: FrozenMapCache | None = None,
+                    teacher: Callable[[torch.Tensor], torch.Tensor] | None = None, teacher_weight: float = 0.0,
                     on_step: Callable[[int, dict[str, float]], None] | None = None) -> tuple[dict[str, float], int]:
     """One pass over `loader`. Returns the epoch's mean loss parts, accuracy and speed, and the next step.
 
     The trust ramp t = step / total_steps of the reliability head follows the global step.
     With `frozen_cache`, the maps of the model's frozen parts come from the cache, warped like each image.
+    With `teacher` (images -> probabilities), each target becomes (1 - teacher_weight) * target +
+    teacher_weight * the teacher's probabilities on the same augmented images.
     """
     model.train()
     sums = torch.zeros(6, dtype=torch.float64)  # loss, cls, anchor, center, correct, samples
@@ -84,6 +87,8 @@ def train_one_epoch(model: nn.Module, criterion: GReFELLoss, optimizer: torch.op
     params = [p for p in model.parameters() if p.requires_grad]
     for batch in loader:
         x, target, label = to_device(batch, device)
+        if teacher is not None:
+            target = (1.0 - teacher_weight) * target.float() + teacher_weight * teacher(x)[:, :target.shape[1]]
         trust = min(step / total_steps, 1.0)
         extra = {}
         if frozen_cache is not None:

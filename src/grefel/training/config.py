@@ -19,6 +19,7 @@ from grefel.engine.optim import OptimConfig
 from grefel.errors import ConfigError
 from grefel.models import model_config
 from grefel.models.model_file import SERVE_CHOICES
+from grefel.training.distill import DISTILL_MODES
 
 SELECT_METRICS = ("accuracy", "mean_class_accuracy", "macro_f1")
 # Keys a resumed run may change: they alter no computed number, or (epochs) extend the run on purpose.
@@ -52,6 +53,8 @@ class TrainConfig:
     distill_from: tuple[str, ...] = ()   # model files whose averaged served probabilities on
                                          # the training images are blended into the targets (grefel.training.distill)
     distill_weight: float = 0.5          # target = (1 - w) * label + w * teachers
+    distill_mode: str = "static"         # static: teachers on the plain images, once | consistent: on each
+                                         # augmented batch the student sees (costs their forward every step)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -81,6 +84,7 @@ class TrainConfig:
                   ("serve", self.serve, SERVE_CHOICES), ("select_metric", self.select_metric, SELECT_METRICS),
                   ("wandb", self.wandb, ("auto", "online", "offline", "off")),
                   ("data.label_mode", self.data.label_mode, LABEL_MODES),
+                  ("distill_mode", self.distill_mode, DISTILL_MODES),
                   ("data.val_label_mode", self.data.val_label_mode, LABEL_MODES),
                   ("data.class_weighting", self.data.class_weighting, ("inverse", "sqrt", "none"))]
         for name, value, choices in checks:

@@ -57,7 +57,7 @@ from grefel.models.model_file import save_model_checkpoint
 from grefel.plots import plot_confusion_matrix, plot_reliability_diagram
 from grefel.progress import Progress
 from grefel.training.config import RESUMABLE_CHANGES, DataConfig, TrainConfig
-from grefel.training.distill import distilled_targets
+from grefel.training.distill import Teacher, check_distillable, distilled_targets
 from grefel.training.state import restore_training_state, save_last, seed_everything
 
 
@@ -256,12 +256,16 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         train_ds, val_ds = load_split(dcfg, "train"), load_split(dcfg, "val")
         check_classes_fit("training", train_ds, mcfg.num_classes)
         check_classes_fit("validation", val_ds, mcfg.num_classes)
-        if cfg.distill_from:
+        teacher = None
+        if cfg.distill_from and cfg.distill_mode == "static":
             out.mkdir(parents=True, exist_ok=True)
             train_ds.targets = distilled_targets(cfg.distill_from, cfg.distill_weight, train_ds, device,
                                                  out / "teacher_targets.npz", log=print if info.is_main else
                                                  (lambda *_: None))
             check_classes_fit("distilled training", train_ds, mcfg.num_classes)
+        elif cfg.distill_from:
+            check_distillable(cfg.distill_weight, train_ds.label_mode)
+            teacher = Teacher(cfg.distill_from, (mcfg.in_chans, mcfg.input_size), device)
         if len(train_ds) < cfg.batch_size:
             raise ConfigError(f"the training split has {len(train_ds)} samples, fewer than batch_size {cfg.batch_size}")
 
@@ -339,6 +343,7 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
             stats, step = train_one_epoch(net, criterion, optimizer, scheduler, train_loader, device=device,
                                           step=step, total_steps=total_steps, amp=amp, ema=ema,
                                           grad_clip=cfg.optim.grad_clip, info=info, frozen_cache=caches["train"],
+                                          teacher=teacher, teacher_weight=cfg.distill_weight,
                                           on_step=partial(report_step, progress) if progress else None)
             if progress:
                 progress.close()
