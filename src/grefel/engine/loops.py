@@ -88,7 +88,9 @@ def train_one_epoch(model: nn.Module, criterion: GReFELLoss, optimizer: torch.op
     for batch in loader:
         x, target, label = to_device(batch, device)
         if teacher is not None:
-            target = (1.0 - teacher_weight) * target.float() + teacher_weight * teacher(x)[:, :target.shape[1]]
+            with amp.autocast():
+                taught = teacher(x)[:, :target.shape[1]].float()                      # (B, C)
+            target = (1.0 - teacher_weight) * target.float() + teacher_weight * taught
         trust = min(step / total_steps, 1.0)
         extra = {}
         if frozen_cache is not None:
