@@ -33,6 +33,16 @@ def landmark_weights() -> Path:
     return LANDMARK_WEIGHTS
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One grefel cache for the whole run (the shipped model's ONNX graph is exported to it once), so no
+    test reads or writes ~/.cache; `cache_dir` gives a test an empty one of its own."""
+    path = tmp_path_factory.mktemp("grefel-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GREFEL_CACHE_DIR", str(path))
+        yield path
+
+
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty grefel cache, so tests never read or write ~/.cache."""

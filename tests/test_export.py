@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -69,6 +70,26 @@ def test_onnx_backend_predicts_like_torch_and_caches_its_export(tmp_path, capsys
     stamp = exported.stat().st_mtime_ns
     Recognizer(backend="onnx")
     assert exported.stat().st_mtime_ns == stamp
+
+
+def test_the_default_backend_is_onnx_on_the_cpu_when_its_extra_is_installed(monkeypatch, capsys):
+    from grefel.inference import backends
+
+    assert Recognizer().backend == "onnx" and Recognizer(backend="torch").backend == "torch"
+    assert main(["predict", str(PHOTOS_DIR / "astronaut.png"), "--verbose"]) == 0
+    assert "backend onnx (ONNX Runtime" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert "inference backend: onnx on CPU" in capsys.readouterr().out
+    # Without the extra: auto falls back to torch, and asking for onnx is one line and exit 2, not a traceback.
+    monkeypatch.setattr(backends, "onnx_runtime_version", lambda: None)
+    assert Recognizer().backend == "torch"
+    assert main(["predict", str(PHOTOS_DIR / "astronaut.png"), "--backend", "onnx"]) == 2
+    assert capsys.readouterr().err.strip() == ("grefel predict: error: backend onnx needs the onnx extra (onnx and "
+                                               "onnxruntime): pip install 'grefel[onnx]'")
+    assert main(["export", "--output", "never.onnx"]) == 2
+    assert "grefel export: error: grefel export needs the onnx extra" in capsys.readouterr().err
+    assert not Path("never.onnx").exists()
 
 
 def test_onnx_cache_follows_a_recalibrated_temperature(tmp_path, onnx_cache):

@@ -181,7 +181,7 @@ def test_missing_input_fails_in_one_line_before_any_work(tmp_path, capsys):
     (["--output", "o.txt"], "--output o.txt: expected a .json, .jsonl, .csv file"),
     (["--output", "o.json", "--resume"], "--resume needs a .jsonl or .csv output"),
     (["--every", "0"], "--every 0: expected a positive frame step"),
-    (["--backend", "tflite"], "backend 'tflite': expected one of torch, onnx"),
+    (["--backend", "tflite"], "backend 'tflite': expected one of auto, torch, onnx"),
     (["--batch-size", "0"], "batch_size: expected a positive number of faces per batch, got 0"),
     (["--detect-size", "16"], "detect size: expected at least 32 pixels (longest side), got 16"),
 ])
@@ -227,9 +227,7 @@ def test_resume_after_an_interruption(tmp_path, capsys, suffix):
         return summary(out)
 
     cut = data[:len(data) // 2]                            # half way, inside a record
-    kept = records(output, cut)
-    if suffix == ".csv":
-        kept = kept[:-1]                                   # its last image may lack face rows: redone
+    kept = records(output, cut)                            # every whole record is kept, the last one too
     counts = resume(cut)
     assert 0 < len(kept) < 32
     assert counts["already done"] == len(kept) and counts["image"] == 32 - len(kept)
@@ -239,6 +237,46 @@ def test_resume_after_an_interruption(tmp_path, capsys, suffix):
         lines = data.decode().splitlines(keepends=True)
         counts = resume("".join(lines[:-1]).encode())
         assert counts["image"] == 1 and counts["already done"] == 31 and output.read_bytes() == data
+
+
+def test_a_training_state_given_as_the_model_says_which_file_to_use(tmp_path, capsys):
+    from grefel.training.state import save_training_state
+
+    save_training_state(tmp_path, {"w": torch.zeros(1)}, {"epoch": 1, "step": 10, "best": None, "config": {}})
+    code, _, err = predict(capsys, ASTRONAUT, "--checkpoint", tmp_path / "last.safetensors")
+    assert code == 2 and err.strip() == (
+        f"grefel predict: error: {tmp_path / 'last.json'}: a training state (what `grefel train --resume` "
+        f"continues from), not a model file; use the model its run selected: {tmp_path / 'best.safetensors'}")
+
+
+def test_resume_never_loses_a_finished_row(tmp_path, capsys):
+    """A finished last image is not redone, and the rows of sources this run is not given stay."""
+    two = two_faces(tmp_path / "two.png")
+    for suffix in (".csv", ".jsonl"):
+        output = tmp_path / f"r{suffix}"
+        assert predict(capsys, ASTRONAUT, two, "--output", output)[0] == 0
+        data = output.read_bytes()
+        for given in (ASTRONAUT, two):
+            code, out, _ = predict(capsys, given, "--output", output, "--resume")
+            assert code == 0 and summary(out) == {"image": 0, "video frame": 0, "face": 0, "skipped": 0,
+                                                  "already done": 1}
+            assert output.read_bytes() == data
+
+
+def test_nothing_predicted_writes_no_file_and_no_library_noise(tmp_path, capfd):
+    """All inputs skipped: no empty output is left, an earlier file is not replaced, and FFmpeg's own
+    complaint about a zero-byte video stays out of the terminal (grefel says it once)."""
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    for suffix in (".csv", ".jsonl", ".json"):
+        assert main(["predict", str(empty), "--output", str(tmp_path / f"out{suffix}")]) == 2
+        assert not (tmp_path / f"out{suffix}").exists()
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text("an earlier file\n")
+    assert main(["predict", str(empty), "--output", str(earlier)]) == 2
+    assert earlier.read_text() == "an earlier file\n"
+    err = capfd.readouterr().err
+    assert "moov atom" not in err and err.count(f"skipped {empty}: not a readable video") == 4
 
 
 def test_video_every_n_and_truncated_video(tmp_path, capsys):

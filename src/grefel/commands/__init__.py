@@ -15,6 +15,7 @@ import sys
 
 from grefel import __version__
 from grefel.errors import GrefelError
+from grefel.inference.backends import default_backend_line
 
 COMMAND_MODULES = ("data", "model", "train", "evaluate", "export", "predict", "serve")
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="grefel",
         description="GReFEL facial expression recognition: data, models, training, evaluation, inference.",
     )
-    parser.add_argument("--version", action="version", version=f"grefel {__version__}")
+    parser.add_argument("--version", action="version", version=f"grefel {__version__}; {default_backend_line()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"grefel.commands.{name}").add_parser(subparsers)

@@ -19,9 +19,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from grefel.inference.backends import require_onnx_extra
     from grefel.models.model_file import resolve_checkpoint
     from grefel.models.serving import ServingModel
 
+    require_onnx_extra("grefel export")
     path = ServingModel.from_checkpoint(resolve_checkpoint(args.checkpoint), args.tta_flip).export_onnx(
         args.output, opset=args.opset)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

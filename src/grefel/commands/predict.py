@@ -45,7 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-face-size", type=int, default=0, help="ignore faces smaller than this (pixels)")
     parser.add_argument("--score-threshold", type=float, default=0.7, help="face detector score (default 0.7)")
     add_device_argument(parser)
-    parser.add_argument("--backend", default="torch", help="torch or onnx (exported once, then cached)")
+    parser.add_argument("--backend", default="auto",
+                        help="auto (default): onnx on the CPU when the onnx extra is installed, else torch; onnx "
+                             "is exported once, then cached")
     parser.add_argument("--no-detect", action="store_true", help="each image is already a cropped face")
     parser.add_argument("--detect-size", type=int, default=1280, metavar="PX",
                         help="shrink larger photos to this longest side for detection only (default 1280; "
@@ -54,6 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="average each face with its mirror (default: the checkpoint's setting; "
                              "--no-tta-flip halves classification time)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="videos: every N-th frame (default 1)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="say which backend, model and settings run, before the results")
     parser.add_argument("--resume", action="store_true",
                         help="skip the images and frames already in the .jsonl/.csv --output and append the rest "
                              "(an annotated video then holds only the frames processed by this run)")
@@ -126,7 +130,9 @@ def video_info(path: Path) -> tuple[int, float]:
     """(frame count, frames per second) from the container; (0, 0.0) when it cannot tell."""
     import cv2
 
-    capture = cv2.VideoCapture(str(path))
+    from grefel.inference.recognizer import open_video
+
+    capture = open_video(path)
     try:
         return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
     finally:
@@ -175,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     recognizer = Recognizer(args.checkpoint, device=args.device, backend=args.backend, detect=not args.no_detect,
                             min_face_size=args.min_face_size, score_threshold=args.score_threshold,
                             batch_size=args.batch_size, tta_flip=args.tta_flip, detect_size=args.detect_size)
+    if args.verbose:
+        print(f"grefel predict: {recognizer.describe()}", file=sys.stderr)
     videos = {i: video_info(job.path) for i, job in enumerate(jobs) if job.kind == "video"}
     progress = Progress(sum(1 for job in jobs if job.kind != "video")
                         + sum(math.ceil(count / args.every) for count, _ in videos.values()),

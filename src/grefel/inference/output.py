@@ -1,11 +1,14 @@
 """Where `grefel predict` results go: readable lines, JSON, JSONL or CSV, and annotated copies.
 
 JSON is one list written atomically at the end. JSONL (one record per image or
-frame) and CSV (one row per face; one row with empty face fields for an image
-without faces, so it still counts as done) are appended and flushed record by
-record, so an interrupted run keeps what it finished and `--resume` continues
-it: `open_writer` first cuts an existing file back to its last complete record
-and reports the (source, frame) keys already in it.
+frame) and CSV (one row per face, each saying how many faces its image has; one
+row with empty face fields for an image without faces, so it still counts as
+done) are appended and flushed record by record, so an interrupted run keeps
+what it finished and `--resume` continues it: `open_writer` first cuts an
+existing file back to its last complete record and reports the (source, frame)
+keys already in it. Rows of sources that a resumed run is not given are kept.
+A file is (re)written only once there is a first result: a run that predicts
+nothing leaves no empty file behind, nor replaces an earlier one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from grefel.inference.recognizer import FaceResult, ImageResult
 
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".csv")
 RESUMABLE_SUFFIXES = (".jsonl", ".csv")
-FACE_COLUMNS = ("face", "x", "y", "w", "h", "score", "label", "confidence")
+FACE_COLUMNS = ("faces", "face", "x", "y", "w", "h", "score", "label", "confidence")  # faces: in this image
 
 Key = tuple[str, int | None]   # (source, frame); frame is None for images
 
@@ -97,22 +100,31 @@ class JsonWriter:
         self.records.append(image_record(result))
 
     def close(self, complete: bool = True) -> None:
-        if complete:
+        if complete and self.records:
             atomic_write_json(self.path, self.records)
 
 
 class _AppendWriter:
-    """An append-mode text file flushed after every record, so a crash loses at most the record in flight."""
+    """An append-mode text file flushed after every record, so a crash loses at most the record in flight.
 
-    def __init__(self, path: Path):
-        self.handle: TextIO = open(path, "a", encoding="utf-8", newline="")
+    `start` replaces the file's content at the first record (a new run); None appends to it as it is
+    (a resumed run)."""
+
+    def __init__(self, path: Path, start: str | None):
+        self.path, self.start = path, start
+        self.handle: TextIO | None = None
 
     def _append(self, text: str) -> None:
+        if self.handle is None:
+            if self.start is not None:
+                atomic_write_text(self.path, self.start)
+            self.handle = open(self.path, "a", encoding="utf-8", newline="")
         self.handle.write(text)
         self.handle.flush()
 
     def close(self, complete: bool = True) -> None:
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
 
 
 class JsonlWriter(_AppendWriter):
@@ -121,21 +133,22 @@ class JsonlWriter(_AppendWriter):
 
 
 class CsvWriter(_AppendWriter):
-    def __init__(self, path: Path, classes: list[str]):
-        super().__init__(path)
+    def __init__(self, path: Path, classes: list[str], start: str | None):
+        super().__init__(path, start)
         self.classes = classes
 
     def write(self, result: ImageResult) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         frame = "" if result.frame is None else result.frame
+        faces = len(result.faces)
         for i, face in enumerate(result.faces, 1):
             r = face_record(face)
-            writer.writerow([result.source, frame, i, *r["box"], r["score"], r["label"], r["confidence"],
+            writer.writerow([result.source, frame, faces, i, *r["box"], r["score"], r["label"], r["confidence"],
                              *(r["probabilities"][c] for c in self.classes)])
-        if not result.faces:
-            writer.writerow([result.source, frame] + [""] * (len(FACE_COLUMNS) + len(self.classes)))
-        self._append(buffer.getvalue())   # all rows of one image in one write
+        if not faces:
+            writer.writerow([result.source, frame, 0] + [""] * (len(FACE_COLUMNS) - 1 + len(self.classes)))
+        self._append(buffer.getvalue())
 
 
 def csv_header(classes: list[str]) -> list[str]:
@@ -151,13 +164,11 @@ def open_writer(path: Path | None, classes: list[str], resume: bool,
     if suffix == ".json":
         return JsonWriter(path), set()
     done: set[Key] = set()
+    start = _csv_text([csv_header(classes)]) if suffix == ".csv" else ""
     if resume and path.is_file():
         done = _resume_jsonl(path) if suffix == ".jsonl" else _resume_csv(path, classes)
-    elif suffix == ".csv":
-        atomic_write_text(path, _csv_text([csv_header(classes)]))
-    else:
-        atomic_write_text(path, "")
-    return (JsonlWriter(path) if suffix == ".jsonl" else CsvWriter(path, classes)), done
+        start = None
+    return (JsonlWriter(path, start) if suffix == ".jsonl" else CsvWriter(path, classes, start)), done
 
 
 def _complete_text(path: Path) -> tuple[str, str]:
@@ -192,20 +203,26 @@ def _resume_csv(path: Path, classes: list[str]) -> set[Key]:
         atomic_write_text(path, _csv_text([csv_header(classes)]))
         return set()
     if rows[0] != csv_header(classes):
-        raise DataError(f"{path}: header is not {','.join(csv_header(classes))} (another model's classes, "
-                        f"or not a grefel predict CSV); cannot resume from it")
-    keys = []
+        raise DataError(f"{path}: header is not {','.join(csv_header(classes))} (another model's classes, a CSV "
+                        f"of an earlier grefel without the faces column, or not a grefel predict CSV); cannot "
+                        f"resume from it")
+    keys, faces = [], []
     for number, row in enumerate(rows[1:], 2):
         if len(row) != len(rows[0]):
             raise DataError(f"{path} line {number}: {len(row)} fields, expected {len(rows[0])}; cannot resume")
         try:
             keys.append((row[0], int(row[1]) if row[1] else None))
+            faces.append(int(row[2]))
         except ValueError:
-            raise DataError(f"{path} line {number}: frame {row[1]!r} is not an integer; cannot resume") from None
-    # An image's face rows are consecutive and the last image's may have been cut short: redo it.
+            raise DataError(f"{path} line {number}: frame {row[1]!r} or faces {row[2]!r} is not an integer; "
+                            f"cannot resume") from None
+    # An image's rows are consecutive; the last image's are complete when they are as many as its faces
+    # (one row for none). Only then is it done: rows cut short are redone, finished ones never.
     kept = len(keys)
     while kept and keys[kept - 1] == keys[-1]:
         kept -= 1
+    if keys and len(keys) - kept == max(faces[-1], 1):
+        kept = len(keys)
     if kept < len(keys) or complete != text:
         atomic_write_text(path, _csv_text(rows[:kept + 1]))
     return set(keys[:kept])

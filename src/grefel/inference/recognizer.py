@@ -27,15 +27,13 @@ from grefel.data.images import decode_image, native_stderr_without_libpng, resiz
 from grefel.data.transforms import eval_transform
 from grefel.devices import resolve_device
 from grefel.errors import ConfigError, DataError
+from grefel.inference.backends import onnx_runtime_version, resolve_backend
 from grefel.inference.faces import Face, FaceDetector, align_face
 from grefel.models.model_file import read_checkpoint_info, resolve_checkpoint
 from grefel.models.serving import ServingModel, served_tta_flip
 
 IMAGE_EXTENSIONS = EXTENSIONS
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-BACKENDS = ("torch", "onnx")
-
-
 @dataclass
 class FaceResult:
     box: list[float]                 # x, y, w, h in source pixels (the whole image with detect=False)
@@ -87,18 +85,18 @@ class Recognizer:
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, device: str = "cpu",
-                 backend: str = "torch", detect: bool = True, min_face_size: int = 0,
+                 backend: str = "auto", detect: bool = True, min_face_size: int = 0,
                  score_threshold: float = 0.7, batch_size: int = 32, onnx_path: str | os.PathLike | None = None,
                  tta_flip: bool | None = None, detect_size: int = 1280):
-        """`tta_flip`: average each face with its mirror (None: as the checkpoint was evaluated; False
+        """`backend`: auto (ONNX Runtime when the onnx extra is installed and the device is the CPU, the
+        graph exported once into the grefel cache; else PyTorch), torch or onnx; `.backend` says which
+        runs. `tta_flip`: average each face with its mirror (None: as the checkpoint was evaluated; False
         halves the classification time). `detect_size`: photos larger than this are shrunk to it (longest
         side, pixels) for detection only; a smaller value detects faster and misses more small faces."""
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         if batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive number of faces per batch, got {batch_size}")
         self.checkpoint = resolve_checkpoint(checkpoint)
-        self.backend = backend
+        self.backend = backend = resolve_backend(backend, device)
         if backend == "torch":
             # The model file is read once: ServingModel keeps its JSON as `.info`.
             serving = ServingModel.from_checkpoint(self.checkpoint, tta_flip)
@@ -124,6 +122,13 @@ class Recognizer:
         if self.backend == "torch":
             return self._model
         return ServingModel.from_checkpoint(self.checkpoint, self.tta_flip)
+
+    def describe(self) -> str:
+        """One line: the backend that runs, on which device, and the served settings."""
+        runtime = (f"ONNX Runtime {onnx_runtime_version()} on {self._session.get_providers()[0]}"
+                   if self.backend == "onnx" else f"PyTorch {torch.__version__} on {self._device}")
+        return (f"backend {self.backend} ({runtime}); model {self.checkpoint.name} ({self.info['preset']}); "
+                f"test-time flip {'on' if self.tta_flip else 'off'}")
 
     def _onnx_session(self, onnx_path: str | os.PathLike | None, device: str):
         import onnxruntime as ort
@@ -259,6 +264,13 @@ def _to(image: np.ndarray, color: str) -> np.ndarray:
     return image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
 
 
+def open_video(path: str | os.PathLike) -> cv2.VideoCapture:
+    """An OpenCV capture of `path`, FFmpeg's own log quiet (unless the user set OPENCV_FFMPEG_LOGLEVEL):
+    grefel reports an unreadable or truncated video itself, once."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")   # AV_LOG_QUIET; read as each capture opens
+    return cv2.VideoCapture(str(path))
+
+
 def video_frames(path: str | os.PathLike, every: int = 1) -> Iterator[tuple[int, np.ndarray]]:
     """(index, RGB frame) of every `every`-th frame, one frame in memory at a time."""
     if every < 1:
@@ -266,7 +278,7 @@ def video_frames(path: str | os.PathLike, every: int = 1) -> Iterator[tuple[int,
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    capture = cv2.VideoCapture(str(path))
+    capture = open_video(path)
     if not capture.isOpened():
         raise DataError(f"{path}: not a readable video")
     expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)

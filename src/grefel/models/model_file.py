@@ -75,6 +75,9 @@ def read_checkpoint_info(path: str | os.PathLike) -> dict[str, Any]:
 
 def validate_checkpoint_info(info: dict[str, Any], where: Path) -> None:
     if info.get("format") != CHECKPOINT_FORMAT:
+        if {"info_sha256", "step", "config"} <= info.keys():   # grefel.training.state's last.* / prev.*
+            raise ConfigError(f"{where}: a training state (what `grefel train --resume` continues from), not a "
+                              f"model file; use the model its run selected: {where.with_name('best.safetensors')}")
         raise ConfigError(f"{where}: format {info.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
     required = {"preset": str, "model": dict, "class_names": list, "serve": str, "temperature": (int, float),
                 "input": dict, "preprocessing": dict}
