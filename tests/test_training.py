@@ -123,6 +123,32 @@ def test_classic_train_py_takes_the_shipped_preset_and_skip_bad(tmp_path):
     assert proc.returncode == 0, proc.stderr
     info = json.loads((tmp_path / "o" / "checkpoints" / "best.json").read_text())
     assert info["preset"] == "cnn_baseline" and info["training"]["data"]["train_samples"] == 96
+    assert "training cnn_baseline (1.2 M parameters, 1.2 M trained) on 96 samples" in proc.stdout
+    assert "sized for GPUs" not in proc.stdout
+
+
+def test_classic_train_py_ctrl_c_saves_and_says_how_to_resume(tmp_path):
+    """Ctrl-C in train.py: one line with the resume command, exit 130, no traceback; its default 4 workers
+    are capped at the cores there are, so PyTorch does not warn about them."""
+    proc = run_cli("data", "convert", "--format", "ferplus", "--data-root", str(FERPLUS_ROOT), "--split", "valid",
+                   "--output", str(tmp_path / "val.csv"), "--limit", "64")
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "o"
+    cmd = [sys.executable, str(REPO_ROOT / "train.py"), "--train_csv", str(tmp_path / "val.csv"), "--val_csv",
+           str(tmp_path / "val.csv"), "--output_dir", str(run), "--epochs", "500", "--batch_size", "16",
+           "--model", "cnn_baseline"]
+    trainer = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "WANDB_MODE": "disabled"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "last.json").exists():
+        assert time.time() < deadline and trainer.poll() is None, "training never wrote a checkpoint"
+        time.sleep(0.1)
+    trainer.send_signal(signal.SIGINT)
+    _, err = trainer.communicate(timeout=120)
+    assert trainer.returncode == 130 and "Traceback" not in err and "suggested max number of worker" not in err
+    assert err.count("interrupted") == 1
+    assert f"continue with:\n  python train.py --train_csv {tmp_path / 'val.csv'}" in err and err.endswith("--resume\n")
 
 
 def test_grefel_train_skip_bad_flag(tmp_path):
@@ -459,7 +485,7 @@ def test_ctrl_c_prints_the_resume_command(tmp_path):
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    assert proc.returncode == 130 and err.count("interrupted") == 1
     assert "continue with:" in err and f"--output-dir {run} --resume" in err
 
 

@@ -14,6 +14,16 @@ from typing import TextIO
 from tqdm import tqdm
 
 
+def clock(seconds: float) -> str:
+    """12 s, 3 min 05 s, 2 h 04 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 class Progress:
     def __init__(self, total: int, desc: str, *, unit: str = "it", stream: TextIO | None = None,
                  every: int | None = None, period: float | None = None):
@@ -38,8 +48,9 @@ class Progress:
         if due:
             self.last = now
             rate = self.count / max(now - self.start, 1e-9)
-            print(f"{self.desc}: {self.count}/{self.total} {self.unit} ({rate:.1f}/s)" + (f" {text}" if text else ""),
-                  file=self.stream, flush=True)
+            left = f", {clock((self.total - self.count) / rate)} left" if 0 < self.count < self.total else ""
+            print(f"{self.desc}: {self.count}/{self.total} {self.unit} ({rate:.1f}/s{left})"
+                  + (f" {text}" if text else ""), file=self.stream, flush=True)
 
     def write(self, line: str, file: TextIO | None = None) -> None:
         """Print without tearing the bar."""

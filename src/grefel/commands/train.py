@@ -32,8 +32,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", required=True, help="run directory (created)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
-    parser.add_argument("--amp", help="mixed precision: bf16, fp16 or off (default off: on CPU bf16 autocast "
-                                      "runs but these cores have no bf16 units, so it is slower; use bf16 on GPUs)")
+    parser.add_argument("--amp", help="mixed precision: bf16, fp16 or off (default off). bf16 pays on GPUs and on "
+                                      "CPUs with bf16 units (Intel AMX: cnn_baseline steps 2.3x faster, "
+                                      "benchmarks/bench_models.py --amp); without them it is slower")
     parser.add_argument("--wandb", help="Weights & Biases: online, offline or off (default: online if an API "
                                         "key is configured, else offline; never blocks without network)")
     parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact resume)")
@@ -62,10 +63,15 @@ def run_train_command(args: argparse.Namespace) -> int:
     try:
         train(cfg, Path(args.output_dir), resume=args.resume, overwrite=args.overwrite, command=command)
     except KeyboardInterrupt:
-        if (Path(args.output_dir) / "checkpoints" / "last.json").exists():
-            again = [a for a in shlex.split(command) if a != "--overwrite"]
-            again += [] if "--resume" in again else ["--resume"]
-            print(f"grefel train: interrupted; the last finished epoch is saved, continue with:\n  "
-                  f"{' '.join(shlex.quote(a) for a in again)}", file=sys.stderr)
-        raise
+        print(f"grefel train: {interrupted_message(Path(args.output_dir), command)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def interrupted_message(output_dir: Path, command: str) -> str:
+    """What a stopped run tells its user: the command that continues it, when an epoch was saved."""
+    if not (output_dir / "checkpoints" / "last.json").exists():
+        return "interrupted before the first epoch ended; nothing was saved to resume from"
+    again = [a for a in shlex.split(command) if a != "--overwrite"]
+    again += [] if "--resume" in again else ["--resume"]
+    return f"interrupted; the last finished epoch is saved, continue with:\n  {shlex.join(again)}"

@@ -8,9 +8,11 @@ folders and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -67,6 +69,27 @@ def to_device(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor
     return x, batch["target"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
 
 
+def batches(loader) -> Iterator[Any]:
+    """`loader`'s batches, its worker processes started with Ctrl-C held back: a KeyboardInterrupt raised
+    while a worker's start-up data is being sent leaves that worker dying with a traceback and the
+    half-built iterator failing in its __del__. Held back, it is raised as soon as the workers are up, and
+    the iterator shuts them down as usual. (Blocking the signal would not do: any of torch's threads may
+    receive it; a Python handler always runs in the main thread.)"""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield from loader
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda number, frame: held.append(number))
+    try:
+        iterator = iter(loader)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
+    yield from iterator
+
+
 def train_one_epoch(model: nn.Module, criterion: GReFELLoss, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, loader, *, device: torch.device,
                     step: int, total_steps: int, amp: Amp, ema: nn.Module | None = None,
@@ -85,7 +108,7 @@ def train_one_epoch(model: nn.Module, criterion: GReFELLoss, optimizer: torch.op
     sums = torch.zeros(6, dtype=torch.float64)  # loss, cls, anchor, center, correct, samples
     start = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
-    for batch in loader:
+    for batch in batches(loader):
         x, target, label = to_device(batch, device)
         if teacher is not None:
             with amp.autocast():
@@ -177,7 +200,7 @@ def predict(model: nn.Module, loader, *, device: torch.device, amp: Amp, tta_fli
             return {}
         return {"frozen_maps": [m.to(device) for m in frozen_cache.lookup(batch["index"], mirror=mirror)]}
 
-    for batch in loader:
+    for batch in batches(loader):
         x, _, label = to_device(batch, device)
         with amp.autocast():
             out = model(x, **maps(batch, False))
