@@ -64,9 +64,18 @@ def test_astronaut_one_face_and_cat_none(capsys):
     code, out, _ = predict(capsys, ASTRONAUT, CHELSEA)
     assert code == 0
     lines = out.strip().splitlines()
-    assert re.fullmatch(rf"{re.escape(str(ASTRONAUT))}: face 1 at \(\d+,\d+,\d+,\d+\) (\w+) (0|1)\.\d\d", lines[0])
+    assert re.fullmatch(rf"{re.escape(str(ASTRONAUT))}: face 1 at x=\d+ y=\d+ w=\d+ h=\d+ (\w+) (0|1)\.\d\d", lines[0])
     assert lines[1] == f"{CHELSEA}: no face"
     assert summary(out) == {"image": 2, "video frame": 0, "face": 1, "skipped": 0}
+
+
+def test_json_output_is_one_record_a_line(tmp_path, capsys):
+    output = tmp_path / "r.json"
+    assert predict(capsys, ASTRONAUT, CHELSEA, "--output", output)[0] == 0
+    text = output.read_text()
+    records = json.loads(text)
+    assert [len(r["faces"]) for r in records] == [1, 0] and len(text.splitlines()) == 4
+    assert records[0]["faces"][0]["landmarks"] and len(records[0]["faces"][0]["box"]) == 4
 
 
 def test_tta_flip_averages_the_face_and_its_mirror():
@@ -247,6 +256,18 @@ def test_a_training_state_given_as_the_model_says_which_file_to_use(tmp_path, ca
     assert code == 2 and err.strip() == (
         f"grefel predict: error: {tmp_path / 'last.json'}: a training state (what `grefel train --resume` "
         f"continues from), not a model file; use the model its run selected: {tmp_path / 'best.safetensors'}")
+
+
+def test_a_label_at_the_right_edge_is_drawn_whole():
+    from grefel.inference.output import draw_faces
+    from grefel.inference.recognizer import FaceResult, ImageResult
+
+    face = FaceResult(box=[600.0, 100.0, 40.0, 40.0], score=1.0, label="neutral", confidence=0.91,
+                      probabilities={"neutral": 0.91})
+    drawn = draw_faces(np.zeros((480, 640, 3), np.uint8), ImageResult("x", 640, 480, [face]))
+    (tw, _), _ = cv2.getTextSize("neutral 0.91", cv2.FONT_HERSHEY_SIMPLEX, 0.64, 2)
+    green = np.flatnonzero((drawn[:, :, 1] == 255).any(0))
+    assert green.max() <= 639 and green.max() - green.min() >= tw   # the label's full width, inside the image
 
 
 def test_resume_never_loses_a_finished_row(tmp_path, capsys):

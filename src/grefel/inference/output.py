@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 from grefel.errors import ConfigError, DataError
-from grefel.fileio import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
+from grefel.fileio import atomic_open, atomic_write_bytes, atomic_write_text
 from grefel.inference.recognizer import FaceResult, ImageResult
 
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".csv")
@@ -63,11 +63,12 @@ def image_record(result: ImageResult) -> dict[str, Any]:
 
 
 def describe(result: ImageResult) -> list[str]:
-    """Readable lines: `photo.jpg: face 1 at (178,63,90,113) happiness 0.93`, or `photo.jpg: no face`."""
+    """Readable lines: `photo.jpg: face 1 at x=178 y=63 w=90 h=113 happiness 0.93`, or `photo.jpg: no face`."""
     where = result.source if result.frame is None else f"{result.source} frame {result.frame}"
     if not result.faces:
         return [f"{where}: no face"]
-    return [f"{where}: face {i} at ({','.join(str(round(v)) for v in face.box)}) {face.label} {face.confidence:.2f}"
+    return [f"{where}: face {i} at {' '.join(f'{k}={round(v)}' for k, v in zip('xywh', face.box))} {face.label} "
+            f"{face.confidence:.2f}"
             for i, face in enumerate(result.faces, 1)]
 
 
@@ -100,8 +101,8 @@ class JsonWriter:
         self.records.append(image_record(result))
 
     def close(self, complete: bool = True) -> None:
-        if complete and self.records:
-            atomic_write_json(self.path, self.records)
+        if complete and self.records:   # one record a line: a face's landmarks do not take a line per number
+            atomic_write_text(self.path, "[\n" + ",\n".join(json.dumps(r) for r in self.records) + "\n]\n")
 
 
 class _AppendWriter:
@@ -251,8 +252,10 @@ def draw_faces(image_rgb: np.ndarray, result: ImageResult) -> np.ndarray:
             scale *= bgr.shape[1] / tw
             (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         top = y - th - base if y - th - base >= 0 else y   # above the box, or inside it at the top edge
-        cv2.rectangle(bgr, (x, top), (x + tw, top + th + base), (0, 255, 0), cv2.FILLED)
-        cv2.putText(bgr, text, (x, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+        left = max(0, min(x, bgr.shape[1] - 1 - tw))       # whole, even for a face at the right edge
+        cv2.rectangle(bgr, (left, top), (left + tw, top + th + base), (0, 255, 0), cv2.FILLED)
+        cv2.putText(bgr, text, (left, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness,
+                    cv2.LINE_AA)
     return bgr
 
 
