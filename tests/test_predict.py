@@ -16,6 +16,7 @@ import torch
 
 from conftest import FERPLUS_ROOT, PHOTOS_DIR
 from grefel.commands import main
+from grefel.errors import ConfigError
 from grefel.inference.recognizer import Recognizer
 
 ASTRONAUT = PHOTOS_DIR / "astronaut.png"
@@ -67,6 +68,26 @@ def test_astronaut_one_face_and_cat_none(capsys):
     assert re.fullmatch(rf"{re.escape(str(ASTRONAUT))}: face 1 at x=\d+ y=\d+ w=\d+ h=\d+ (\w+) (0|1)\.\d\d", lines[0])
     assert lines[1] == f"{CHELSEA}: no face"
     assert summary(out) == {"image": 2, "video frame": 0, "face": 1, "skipped": 0}
+
+
+def test_python_api_takes_paths_pil_images_and_arrays_and_results_read_well():
+    from PIL import Image
+
+    rec = Recognizer()
+    by_path = rec.predict(ASTRONAUT)
+    with Image.open(ASTRONAUT) as photo:
+        by_pil = rec.predict(photo)
+        rgba = np.asarray(photo.convert("RGBA"))
+    by_array, by_rgba = rec.predict([np.asarray(Image.open(ASTRONAUT).convert("RGB")), rgba])
+    for other in (by_pil, by_array, by_rgba):
+        assert other.faces[0].probabilities == pytest.approx(by_path.faces[0].probabilities, abs=1e-6)
+    assert by_pil.source == str(ASTRONAUT) and by_array.source == "<array 0>"
+    face = by_path.faces[0]
+    assert repr(face) == f"FaceResult({face.label} {face.confidence:.2f} at x=178 y=63 w=90 h=113)"
+    assert str(by_path) == f"ImageResult({ASTRONAUT} 512x512, 1 face: {face.label} {face.confidence:.2f})"
+    assert json.loads(json.dumps(by_path.to_dict()))["faces"][0] == json.loads(json.dumps(face.to_dict()))
+    with pytest.raises(ConfigError, match="input 0: a int; expected a path, a PIL image or a numpy array"):
+        rec.predict([3])
 
 
 def test_json_output_is_one_record_a_line(tmp_path, capsys):

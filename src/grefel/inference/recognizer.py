@@ -15,11 +15,12 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, Union
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from grefel.data.cache import default_cache_dir
 from grefel.data.headers import EXTENSIONS, MAX_PIXELS, check_photo
@@ -33,18 +34,27 @@ from grefel.models.model_file import read_checkpoint_info, resolve_checkpoint
 from grefel.models.serving import ServingModel, served_tta_flip
 
 IMAGE_EXTENSIONS = EXTENSIONS
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-@dataclass
+@dataclass(repr=False)
 class FaceResult:
     box: list[float]                 # x, y, w, h in source pixels (the whole image with detect=False)
     score: float                     # detector score (1.0 with detect=False)
     label: str
     confidence: float                # probability of `label`
     probabilities: dict[str, float]  # over every class, calibrated
-    landmarks: list[list[float]] | None = None  # 5 points (x, y), when detected
+    landmarks: list[list[float]] | None = None  # 5 points (x, y), when detected: eyes, nose, mouth corners
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready types: `json.dumps(face.to_dict())`."""
+        return asdict(self)
+
+    def __repr__(self) -> str:
+        x, y, w, h = (round(v) for v in self.box)
+        return f"FaceResult({self.label} {self.confidence:.2f} at x={x} y={y} w={w} h={h})"
 
 
-@dataclass
+@dataclass(repr=False)
 class ImageResult:
     source: str
     width: int
@@ -53,7 +63,14 @@ class ImageResult:
     frame: int | None = None         # frame index, for videos
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready types, the faces included: `json.dumps(result.to_dict())`."""
         return asdict(self)
+
+    def __repr__(self) -> str:
+        where = self.source if self.frame is None else f"{self.source} frame {self.frame}"
+        faces = ", ".join(f"{f.label} {f.confidence:.2f}" for f in self.faces)
+        count = f"{len(self.faces)} face" + ("" if len(self.faces) == 1 else "s")
+        return f"ImageResult({where} {self.width}x{self.height}, {count}{': ' + faces if faces else ''})"
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -202,25 +219,32 @@ class Recognizer:
 
     # ---- public API -------------------------------------------------------------------------
 
-    def predict(self, inputs: np.ndarray | str | os.PathLike | Sequence[np.ndarray | str | os.PathLike]
-                ) -> ImageResult | list[ImageResult]:
-        """One image (RGB uint8 array or path) -> ImageResult; a list -> list of ImageResults.
+    def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> ImageResult | list[ImageResult]:
+        """One image -> ImageResult; a list of them -> list of ImageResults, in order.
 
-        Faces of all the images are classified together in batches.
+        An image is a path, a PIL image (any mode) or a uint8 numpy array: RGB (H, W, 3), RGBA (H, W, 4)
+        or grey (H, W); OpenCV's BGR arrays need `[:, :, ::-1]` first. Faces of all the images are
+        classified together in batches.
         """
-        single = isinstance(inputs, (np.ndarray, str, os.PathLike))
+        single = isinstance(inputs, (np.ndarray, str, os.PathLike, Image.Image))
         items = [inputs] if single else list(inputs)
         results = list(self.iter_predict(items))
         return results[0] if single else results
 
-    def iter_predict(self, items: Iterable[np.ndarray | str | os.PathLike]) -> Iterator[ImageResult]:
+    def iter_predict(self, items: Iterable[ImageInput]) -> Iterator[ImageResult]:
         """Results in input order; faces are batched across images."""
         def entries():
             for i, item in enumerate(items):
                 if isinstance(item, np.ndarray):
-                    yield f"<array {i}>", item, None
-                else:
+                    rgba = item.ndim == 3 and item.shape[2] == 4
+                    yield f"<array {i}>", np.ascontiguousarray(item[:, :, :3]) if rgba else item, None
+                elif isinstance(item, Image.Image):
+                    yield getattr(item, "filename", "") or f"<image {i}>", np.asarray(item.convert("RGB")), None
+                elif isinstance(item, (str, os.PathLike)):
                     yield str(item), read_image(item), None
+                else:
+                    raise ConfigError(f"input {i}: a {type(item).__name__}; expected a path, a PIL image or a "
+                                      f"numpy array")
         return self.predict_entries(entries())
 
     def predict_video(self, path: str | os.PathLike, every: int = 1) -> Iterator[ImageResult]:
