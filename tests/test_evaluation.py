@@ -91,6 +91,14 @@ def test_seven_class_dataset_is_scored_on_the_shared_classes(checkpoint, seven_c
     report = json.loads(out.read_text())
     assert report["num_samples"] == 120 and len(report["class_names"]) <= 7 and "contempt" not in report["class_names"]
     assert "shared by the dataset" in report["note"] and "note:" in proc.stdout
+    # A folder without split folders is named as it is, not as a split; each extra accuracy says what it is.
+    assert proc.stdout.startswith(f"120 samples of the image folder {seven_class_folder}, serving")
+    assert "split" not in proc.stdout.splitlines()[0]
+    assert "(argmax of the primary head l_p, no logit adjustment)" in proc.stdout
+    shipped = run("evaluate", "--format", "folder", "--data-root", str(seven_class_folder), "--color", "grey",
+                  "--image-size", "48", "--workers", "0")
+    assert shipped.returncode == 0, shipped.stderr
+    assert "primary accuracy" not in shipped.stdout and "corrected accuracy" not in shipped.stdout
 
 
 def test_calibrate_writes_a_temperature_that_lowers_nll(checkpoint, tmp_path):

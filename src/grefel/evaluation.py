@@ -21,7 +21,7 @@ from grefel.data.dataset import FERDataset
 from grefel.data.load import describe_split
 from grefel.data.source import DataSource
 from grefel.devices import resolve_device
-from grefel.engine.loops import Amp, Predictions, metrics_report, predict
+from grefel.engine.loops import Amp, Predictions, anchors_of, metrics_report, predict
 from grefel.labels import CANONICAL_CLASSES
 from grefel.metrics import classification_report, expected_calibration_error, nll, vote_agreement
 from grefel.models.model_file import logit_shift, resolve_checkpoint, update_checkpoint_info
@@ -41,6 +41,8 @@ class Scored:
     split: str
     label_mode: str
     scored_what: str           # how the report names what was scored (folder or file)
+    title: str                 # the same, short, for plot titles
+    reliability_head: bool     # the model has GReFEL's anchors: its primary and corrected predictions differ
 
 
 def score_checkpoint(checkpoint: str | Path | None, source: DataSource, split: str, label_mode: str = "majority", *,
@@ -62,7 +64,8 @@ def score_checkpoint(checkpoint: str | Path | None, source: DataSource, split: s
     with Progress(len(loader), f"scoring {split}", unit="batches", period=10.0) as progress:
         preds = predict(model, loader, device=dev, amp=Amp("off", dev.type), tta_flip=flip,
                         on_batch=lambda: progress.update())
-    return Scored(path, info, ds, preds, shared, flip, split, label_mode, describe_split(source, split))
+    return Scored(path, info, ds, preds, shared, flip, split, label_mode, *describe_split(source, split),
+                  reliability_head=anchors_of(model) is not None)
 
 
 def _renormalise(p: np.ndarray) -> np.ndarray:
@@ -90,7 +93,8 @@ def evaluate_checkpoint(scored: Scored, serve: str | None = None, plots: str | P
     report.update(checkpoint=str(scored.checkpoint), split=scored.split, dataset=scored.scored_what,
                   label_mode=scored.label_mode, dropped=dict(ds.dropped),
                   tta_flip=scored.tta_flip, evaluated_classes=names,
-                  logit_adjustment=(info.get("logit_adjustment") or {}).get("tau", 0.0))
+                  logit_adjustment=(info.get("logit_adjustment") or {}).get("tau", 0.0),
+                  reliability_head=scored.reliability_head)
     if note:
         report["note"] = note
     probs = torch.softmax(torch.from_numpy(preds.served_logits(serve, shift)).double() / report["temperature"],
@@ -100,9 +104,9 @@ def evaluate_checkpoint(scored: Scored, serve: str | None = None, plots: str | P
         report["agreement_with_people"] = {**people, "human_recall": dict(zip(names, people["human_recall"]))}
     if plots:
         plot_confusion_matrix(np.array(report["confusion_matrix"]), names, Path(plots) / "confusion_matrix.png",
-                              title=f"{scored.split} ({report['num_samples']} samples)")
+                              title=f"{scored.title} ({report['num_samples']} samples)")
         plot_reliability_diagram(probs, preds.label, Path(plots) / "reliability_diagram.png",
-                                 title=f"{scored.split}, T = {report['temperature']:.3g}")
+                                 title=f"{scored.title}, T = {report['temperature']:.3g}")
     return report
 
 
@@ -160,9 +164,16 @@ def format_report(report: dict[str, Any]) -> str:
         f"  macro F1             {report['macro_f1']:.4f}",
         f"  NLL                  {report['nll']:.4f}",
         f"  ECE (15 bins)        {report['ece']:.4f}",
-        f"  primary accuracy     {report['primary_accuracy']:.4f}",
-        f"  corrected accuracy   {report['corrected_accuracy']:.4f}",
     ]
+    # The heads' own accuracies, before the logit adjustment and over every class the model has: shown where
+    # they differ from the served one, and said what they are.
+    if report.get("reliability_head"):
+        lines += [f"  primary accuracy     {report['primary_accuracy']:.4f}  (argmax of the primary head l_p, "
+                  f"no logit adjustment)",
+                  f"  corrected accuracy   {report['corrected_accuracy']:.4f}  (argmax of the anchor-corrected "
+                  f"distribution, no logit adjustment)"]
+    elif report["primary_accuracy"] != report["accuracy"]:
+        lines.append(f"  accuracy as trained  {report['primary_accuracy']:.4f}  (without the logit adjustment)")
     if report.get("dropped"):
         lines.append("  dropped samples      " + ", ".join(f"{k} {v}" for k, v in sorted(report["dropped"].items())))
     # One annotator's recall of each class beside the model's (FERPlus votes), where the data has votes.

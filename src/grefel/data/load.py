@@ -48,13 +48,20 @@ def available_splits(source: DataSource) -> list[str]:
     return list(SPLITS)
 
 
-def describe_split(source: DataSource, split: str) -> str:
-    """How a report names what it scored: the FERPlus folder, the CSV file or the image folder."""
+def describe_split(source: DataSource, split: str) -> tuple[str, str]:
+    """How a report names what it scored, at length and as a plot title: the FERPlus folder, the CSV
+    file, the image folder or list file; a split is named only where it picks a part of the data."""
     root = Path(source.root) if source.root else None
     if source.format == "ferplus" and root is not None:
-        return f"FERPlus {split} split ({root / ferplus.SPLIT_FOLDERS[split]})"
+        return f"FERPlus {split} split ({root / ferplus.SPLIT_FOLDERS[split]})", f"FERPlus {split}"
     if source.format == "csv":
-        return f"CSV file {source.csv or root / csvfile.SPLIT_FILES[split]}"
+        path = Path(source.csv) if source.csv else root / csvfile.SPLIT_FILES[split]
+        return f"CSV file {path}", path.name
+    if source.format == "folder" and source.list_file:
+        return f"list file {source.list_file}", Path(source.list_file).name
     if source.format == "folder":
-        return f"list file {source.list_file}" if source.list_file else f"image folder {root} ({split} split)"
-    return f"fer2013.csv {split} rows ({source.fer2013_csv})"
+        names = {p.name.lower() for p in root.iterdir() if p.is_dir()} if root and root.is_dir() else set()
+        if names & {n for dirs in folder.SPLIT_DIRS.values() for n in dirs}:
+            return f"image folder {root} ({split} split)", f"{root.name} {split}"
+        return f"image folder {root}", root.name if root else "image folder"
+    return f"fer2013.csv {split} rows ({source.fer2013_csv})", f"FER2013 {split}"
