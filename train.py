@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from grefel.cpu_memory import use_training_allocator
     use_training_allocator()                   # before torch loads
     from grefel.commands.train import interrupted_message
-    from grefel.errors import GrefelError
+    from grefel.errors import BadRowsError, GrefelError
     from grefel.models import model_config
     from grefel.training import load_config, train
 
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(None, [], extra)
         train(cfg, Path(args.output_dir), resume=args.resume, overwrite=args.overwrite, command=command)
     except GrefelError as exc:
-        print(f"train.py: error: {exc}", file=sys.stderr)
+        print(f"train.py: error: {exc.for_option('--skip_bad') if isinstance(exc, BadRowsError) else exc}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"train.py: {interrupted_message(Path(args.output_dir), command)}", file=sys.stderr)

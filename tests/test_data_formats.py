@@ -170,8 +170,9 @@ GOOD = " ".join(["7"] * 2304)
 def test_bad_csv_rows(tmp_path, cache_dir, emotion, pixels, reason, message):
     path = _write_csv(tmp_path / "train.csv", ["emotion", "pixels", "Usage"],
                       [["0", GOOD, "Training"], [emotion, pixels, "Training"], ["2", GOOD, "Training"]])
-    with pytest.raises(DataError, match=re.escape(f"{path} {message}")):
+    with pytest.raises(DataError, match=re.escape(f"{path} {message}")) as refused:
         load_dataset(DataSource(format="csv", csv=str(path)), "train")
+    assert str(refused.value).endswith("(pass skip_bad=True in the DataSource to skip bad rows)")  # the API's words
     dataset = load_dataset(DataSource(format="csv", csv=str(path), skip_bad=True), "train")
     assert dataset.labels.tolist() == [0, 2] and dataset.dropped == {reason: 1}
     assert dataset.ids == ["train.csv:2", "train.csv:4"]
@@ -218,6 +219,20 @@ def test_image_folder_with_synonyms_and_splits(valid_majority, tmp_path, cache_d
         load_dataset(source, "test")
     default = load_dataset(DataSource(format="folder", root=str(tmp_path / "faces")), "train")
     assert default.images.shape == (12, 100, 100, 3)  # RAF-DB size, RGB by default
+
+
+def test_image_folder_reads_every_photo_format_predict_reads(valid_majority, tmp_path, cache_dir):
+    from grefel.data.headers import EXTENSIONS
+
+    import pillow_heif
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()                 # PIL writes HEIC through it
+    (tmp_path / "happy").mkdir()
+    for k, ext in enumerate(EXTENSIONS):
+        Image.fromarray(valid_majority.images[k]).convert("RGB").save(tmp_path / "happy" / f"{k}{ext}")
+    dataset = load_dataset(DataSource(format="folder", root=str(tmp_path), image_size=48, color="grey"), "train")
+    assert len(dataset) == len(EXTENSIONS) == 10
 
 
 def test_unknown_class_folder_is_named(valid_majority, tmp_path, cache_dir):

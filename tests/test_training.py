@@ -118,7 +118,7 @@ def test_classic_train_py_takes_the_shipped_preset_and_skip_bad(tmp_path):
            "--num_workers", "0", "--model", "cnn_baseline"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert refused.returncode == 2 and "--skip-bad" in refused.stderr and "num_anchors" not in refused.stderr
+    assert refused.returncode == 2 and "(pass --skip_bad to skip bad rows)" in refused.stderr and "num_anchors" not in refused.stderr
     proc = subprocess.run(cmd + ["--skip_bad"], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
     info = json.loads((tmp_path / "o" / "checkpoints" / "best.json").read_text())

@@ -14,7 +14,7 @@ import importlib
 import sys
 
 from grefel import __version__
-from grefel.errors import GrefelError
+from grefel.errors import BadRowsError, GrefelError
 from grefel.inference.backends import default_backend_line
 
 COMMAND_MODULES = ("data", "model", "train", "evaluate", "export", "predict", "serve")
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except GrefelError as exc:
-        print(f"grefel {args.command}: error: {exc}", file=sys.stderr)
+        message = exc.for_option("--skip-bad") if isinstance(exc, BadRowsError) else exc
+        print(f"grefel {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"grefel {args.command}: interrupted", file=sys.stderr)

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from grefel.data.cache import Fingerprint, cached_raw
+from grefel.data.headers import EXTENSIONS
 from grefel.data.images import load_images
 from grefel.data.raw import BadRow, RawData, csv_rows, existing_dir, existing_file, parse_label_index, stack_images
 from grefel.data.source import DataSource
 from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES, canonical_index, to_canonical
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 SPLIT_DIRS = {"train": ("train",), "valid": ("valid", "val"), "test": ("test",)}
 DEFAULT_IMAGE_SIZE = 100  # RAF-DB aligned faces
 

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pillow_heif
 
-from grefel.data.headers import is_heif
+from grefel.data.headers import SUPPORTED, is_heif
 from grefel.errors import DataError
 
 FER_SIZE = 48
@@ -111,7 +111,7 @@ def _load_one(path: Path, color: str, size: int | None, expect: int | None) -> n
         raise ImageProblem("unreadable_image", "not a valid file name") from None
     image = decode_image(data, color)
     if image is None:
-        raise ImageProblem("undecodable_image", "not a decodable image (png, jpg, bmp or webp expected)")
+        raise ImageProblem("undecodable_image", f"not a decodable image ({SUPPORTED} expected)")
     if expect is not None and image.shape[:2] != (expect, expect):
         h, w = image.shape[:2]
         raise ImageProblem("wrong_size", f"image is {w}x{h}, expected {expect}x{expect}")

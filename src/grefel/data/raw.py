@@ -16,7 +16,7 @@ import numpy as np
 
 from grefel.data.images import ImageProblem
 from grefel.data.votes import NUM_VOTE_COLUMNS, votes_to_targets
-from grefel.errors import DataError
+from grefel.errors import BadRowsError, DataError
 from grefel.labels import NUM_CLASSES
 
 
@@ -112,8 +112,7 @@ def build_targets(raw: RawData, label_mode: str, skip_bad: bool) -> tuple[np.nda
     """Apply bad-row policy and the label mode: (kept row indices, (K, 8) targets, dropped counts)."""
     if raw.bad and not skip_bad:
         first = min(raw.bad, key=lambda b: b.line)
-        raise DataError(f"{first.message} (pass --skip-bad, or data.source.skip_bad / skip_bad=True, "
-                        f"to skip bad rows)")
+        raise BadRowsError(first.message)
     dropped = Counter(raw.dropped)
     dropped.update(b.reason for b in raw.bad)
     if raw.votes is not None:
