@@ -222,10 +222,10 @@ def test_image_folder_with_synonyms_and_splits(valid_majority, tmp_path, cache_d
 
 
 def test_image_folder_reads_every_photo_format_predict_reads(valid_majority, tmp_path, cache_dir):
-    from grefel.data.headers import EXTENSIONS
-
     import pillow_heif
     from PIL import Image
+
+    from grefel.data.headers import EXTENSIONS
 
     pillow_heif.register_heif_opener()                 # PIL writes HEIC through it
     (tmp_path / "happy").mkdir()

@@ -366,6 +366,18 @@ def test_bad_config_is_one_line_exit_2(tmp_path, args, message):
     assert not (tmp_path / "o" / "checkpoints").exists()
 
 
+def test_a_yaml_typo_names_the_file_and_the_key_meant(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("model: cnn_baseline\nepcohs: 3\noptim:\n  weight_decy: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(f"{preset}: config: unknown key 'epcohs' (did you mean "
+                                                    f"'epochs'?); valid keys: ")):
+        load_config(str(preset), [])
+    preset.write_text("model: cnn_baseline\noptim:\n  weight_decy: 0.1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(f"{preset} with --set overrides: config.optim: unknown key "
+                                                    f"'weight_decy' (did you mean 'weight_decay'?)")):
+        load_config(str(preset), ["epochs=3"])
+
+
 @pytest.mark.parametrize("preset", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_yaml_preset_loads(preset):
     cfg = load_config(str(preset), [])        # validate() also builds the model's config

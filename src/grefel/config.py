@@ -7,6 +7,7 @@ preset never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -95,7 +96,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]  # file order: keys may be of any YAML type
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{guess}; valid keys: {', '.join(sorted(fields))}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)

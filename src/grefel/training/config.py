@@ -114,6 +114,11 @@ def load_config(path: str | None, overrides: list[str], extra: dict[str, Any] | 
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys")
     data = apply_overrides(data, overrides + [f"{k}={json.dumps(v)}" for k, v in (extra or {}).items()])
-    cfg = from_dict(TrainConfig, data, where="config")
-    cfg.validate()
+    try:
+        cfg = from_dict(TrainConfig, data, where="config")
+        cfg.validate()
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}{' with --set overrides' if overrides else ''}: {exc}") from None
     return cfg
