@@ -2,15 +2,17 @@
 
 Starts `grefel serve --port 0` itself, then sends --requests requests at
 --concurrency: real photos (astronaut.png, chelsea.png, FERPlus crops upscaled
-to 192 px as PNG and JPEG) with a share of bad requests interleaved (an 11 MB
-body, text, a PNG declaring 60000x60000, a multipart body cut before its closing
-boundary) and a few slow clients that trickle a good photo over about 2 s.
+to 192 px as PNG and JPEG) with a share of bad requests interleaved (a body 1 MB
+over the upload limit the server reports on /health, text, a PNG declaring
+60000x60000, a multipart body cut before its closing boundary) and a few slow
+clients that trickle a good photo over about 2 s.
 Good requests must get 200, bad ones their 4xx. Reports latency percentiles,
 requests/s, wrong answers, the server's RSS at start, middle and end (and its
 peak), and the load average, since other jobs on the machine skew every figure.
 
     python benchmarks/bench_serve_load.py                                # 2000 requests, concurrency 16
     python benchmarks/bench_serve_load.py --requests 400 --server-threads 2
+    python benchmarks/bench_serve_load.py --requests 20000      # long enough to tell a leak from allocator growth
 """
 
 from __future__ import annotations
@@ -116,9 +118,10 @@ async def send(client: httpx.AsyncClient, kind: str, photo: bytes, payloads: dic
     return response.status_code
 
 
-async def load(url: str, pid: int, plan: list[tuple[str, int]], photos: list[bytes], concurrency: int) -> dict:
-    payloads = {"oversized": photos[0] + bytes(11_000_000), "not_image": b"plain text, not a photo\n" * 40,
-                "bomb": bomb_png()}
+async def load(url: str, pid: int, plan: list[tuple[str, int]], photos: list[bytes], concurrency: int,
+               max_upload_mb: float) -> dict:
+    payloads = {"oversized": photos[0] + bytes(int(max_upload_mb * 1e6) + 1_000_000),
+                "not_image": b"plain text, not a photo\n" * 40, "bomb": bomb_png()}
     records: list[tuple[str, int | str, float]] = []
     rss = {"start": rss_mb(pid)}
     peak = rss["start"]
@@ -196,7 +199,8 @@ def main() -> int:
                 deadline = time.monotonic() + 120               # model loading
                 while True:
                     try:
-                        client.get("/health").raise_for_status()
+                        health = client.get("/health")
+                        health.raise_for_status()
                         break
                     except httpx.TransportError:
                         if time.monotonic() > deadline:
@@ -205,12 +209,13 @@ def main() -> int:
                 for photo in photos:                             # warm-up, not timed
                     client.post("/predict", files={"file": ("photo", photo)}).raise_for_status()
             load_before = os.getloadavg()
-            result = asyncio.run(load(url, proc.pid, plan, photos, args.concurrency))
+            max_upload_mb = health.json()["limits"]["max_upload_mb"]
+            result = asyncio.run(load(url, proc.pid, plan, photos, args.concurrency, max_upload_mb))
             load_after = os.getloadavg()
         finally:
             proc.terminate()
             proc.wait(30)
-    result = {"concurrency": args.concurrency, "server_threads": args.server_threads,
+    result = {"concurrency": args.concurrency, "server_threads": args.server_threads, "max_upload_mb": max_upload_mb,
               "cpu_count": os.cpu_count(), "loadavg_1_5_15_before": load_before,
               "loadavg_1_5_15_after": load_after, "photos": len(photos), **result}
     print(json.dumps(result, indent=2))

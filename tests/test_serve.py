@@ -84,6 +84,7 @@ def predict(client: httpx.Client, data: bytes, name: str = "photo.png") -> httpx
 def test_health_and_page(client: httpx.Client) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model"]["name"] == "grefel_ferplus"
+    assert health["limits"]["max_upload_mb"] > 0 and health["limits"]["max_pixels"] > 0
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for hook in ('id="file-input"', 'id="result"', 'id="error"', "face-card"):

@@ -121,7 +121,8 @@ def create_app(config: ServeConfig, pool: RecognizerPool | None = None) -> FastA
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": pool.model_info}
+        return {"status": "ok", "model": pool.model_info,
+                "limits": {"max_upload_mb": config.max_upload_mb, "max_pixels": config.max_pixels}}
 
     @app.get("/favicon.ico", include_in_schema=False)
     @app.get("/favicon.svg", include_in_schema=False)
