@@ -15,6 +15,7 @@ import pytest
 
 from conftest import FERPLUS_ROOT, REPO_ROOT
 from grefel.labels import CANONICAL_CLASSES
+from grefel.models.model_card import ANNOTATOR_RECALL_FERPLUS_VALID
 from grefel.training import load_config, train
 from training_helpers import tiny_config
 
@@ -79,6 +80,7 @@ def test_evaluate_report_json_and_plots(checkpoint, tmp_path):
     assert list(people["human_recall"]) == list(CANONICAL_CLASSES)
     assert people["human_recall"]["contempt"] == pytest.approx(0.5517, abs=1e-4)
     assert people["human_recall"]["happiness"] == pytest.approx(0.9278, abs=1e-4)
+    assert ANNOTATOR_RECALL_FERPLUS_VALID == pytest.approx(people["human_recall"], abs=5e-5)
     assert "one annotator" in proc.stdout
 
 

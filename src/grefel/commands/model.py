@@ -1,6 +1,7 @@
 """`grefel model ...`: the registered presets, their size, and the trained models at hand.
 
     grefel model presets                      the registered presets
+    grefel model card [CHECKPOINT]            a model file's model card (Markdown)
     grefel model summary --preset NAME        parameters, input size and FLOPs of a preset, as JSON
     grefel model list [DIR...]                the shipped model and the checkpoints under runs/ and outputs/
     grefel model ensemble A B [...] --output X   one model file averaging trained cnn_baseline models
@@ -35,6 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                                  "under the current folder, where present)")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(func=run_list)
+    card = sub.add_parser("card", help="the model card of a model file (the shipped model by default), as Markdown",
+                          description="Print the model card of a model file: architecture and size, training data, "
+                                      "its served figures on the validation split, intended uses, limits and "
+                                      "licences (docs/model-card.md is the shipped model's).")
+    card.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="X.safetensors (default: the shipped model)")
+    card.set_defaults(func=run_card)
     ensemble = sub.add_parser("ensemble", help="one model file (cnn_ensemble) averaging the logits of trained "
                                                "cnn_baseline model files; calibrate it next")
     ensemble.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more cnn_baseline model files")
@@ -132,6 +139,13 @@ def run_refit(args: argparse.Namespace) -> int:
                             command=command)
     print(f"{stem}.safetensors: classifier re-fitted; temperature 1 and no logit adjustment until you run "
           f"`grefel calibrate --checkpoint {stem}.safetensors --data-root ...`")
+    return 0
+
+
+def run_card(args: argparse.Namespace) -> int:
+    from grefel.models.model_card import render_model_card
+
+    print(render_model_card(args.checkpoint), end="")
     return 0
 
 
