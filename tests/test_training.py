@@ -366,6 +366,13 @@ def test_bad_config_is_one_line_exit_2(tmp_path, args, message):
     assert not (tmp_path / "o" / "checkpoints").exists()
 
 
+def test_the_run_folder_exists_before_the_data_loads(tmp_path):
+    from grefel.training.run import prepare_output_dir
+
+    prepare_output_dir(tmp_path / "new" / "run", load_config(str(tiny_config(tmp_path)), []), False, False)
+    assert (tmp_path / "new" / "run").is_dir()
+
+
 def test_a_yaml_typo_names_the_file_and_the_key_meant(tmp_path):
     preset = tmp_path / "p.yaml"
     preset.write_text("model: cnn_baseline\nepcohs: 3\noptim:\n  weight_decy: 0.1\n", encoding="utf-8")

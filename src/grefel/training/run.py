@@ -87,6 +87,7 @@ def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: boo
             shutil.rmtree(out / name, ignore_errors=True)
         for name in ("config.yaml", "metrics.csv", "summary.json"):
             (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)    # there from the start, while the data loads
 
 
 def loader_workers(num_workers: int) -> dict[str, Any]:
@@ -328,7 +329,6 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
         }
         logger = None
         if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
             logger = RunLogger(out, to_dict(cfg), cfg.wandb, cfg.wandb_project, run_id)
             if resume:
