@@ -381,7 +381,7 @@ def test_faceless_entries_do_not_wait_for_a_full_batch():
         nonlocal consumed
         for i in range(100):
             consumed += 1
-            yield "cat", cat, i
+            yield "cat", cat, i, i / 25
 
     first = next(recognizer.predict_entries(entries()))
     assert first.frame == 0 and first.faces == [] and consumed <= 4

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from grefel.errors import DataError
 from grefel.fileio import atomic_open
@@ -97,4 +98,38 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: str | os.PathLike
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
+    _save_png(fig, path)
+
+
+def plot_timeline(series: dict[int, tuple[Sequence[float], np.ndarray]], classes: Sequence[str],
+                  path: str | os.PathLike, title: str | None = None, duration: float | None = None) -> None:
+    """One panel per track: its probabilities of each class over time, stacked (they sum to 1), one colour
+    per class throughout. `series`: track id -> (times in seconds, (T, classes) probabilities)."""
+    if not series:
+        raise DataError("timeline: no face was tracked, so there is nothing to draw")
+    colours = [f"C{i}" for i in range(len(classes))]
+    height = 1.0 + 1.2 * len(series)
+    fig = _figure((10, height))
+    axes = fig.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (track, (times, probs)) in zip(axes, series.items()):
+        times, probs = np.asarray(times, float), np.asarray(probs, float)
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
+        # Each value holds until the next frame; where the track was away (a gap of over 2.5 frames) the
+        # panel is left blank from one frame after its last sighting.
+        gaps = np.flatnonzero(np.diff(times) > 2.5 * step) if step > 0 else np.array([], int)
+        times = np.insert(times, gaps + 1, times[gaps] + step)
+        probs = np.insert(probs, gaps + 1, 0.0, axis=0)
+        times, probs = np.append(times, times[-1] + step), np.vstack([probs, probs[-1:]])
+        ax.stackplot(times, probs.T, colors=colours, linewidth=0, step="post")
+        ax.set_ylim(0, 1)
+        ax.set_xlim(0, duration or (times[-1] if len(times) else 1))
+        ax.set_ylabel(f"#{track}", rotation=0, ha="right", va="center", fontsize=11)
+        ax.set_yticks([0, 0.5, 1])
+        ax.tick_params(labelsize=8)
+    axes[-1].set_xlabel("time (s)")
+    handles = [Patch(color=c, label=n) for c, n in zip(colours, classes)]
+    fig.legend(handles=handles, loc="upper center", ncol=len(classes), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, y=0.995, fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / height))
     _save_png(fig, path)

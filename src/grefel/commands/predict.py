@@ -56,6 +56,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="average each face with its mirror (default: the checkpoint's setting; "
                              "--no-tta-flip halves classification time)")
     parser.add_argument("--every", type=int, default=1, metavar="N", help="videos: every N-th frame (default 1)")
+    parser.add_argument("--fps", type=float, metavar="F",
+                        help="videos: analyse F frames a second, whatever the source's rate (instead of --every)")
+    parser.add_argument("--smooth", type=float, default=0.5, metavar="SECONDS",
+                        help="videos: time constant of each person's moving average of probabilities, reported "
+                             "beside the raw ones and used by --summary and --timeline (default 0.5; 0: off)")
+    parser.add_argument("--summary", metavar="FILE.json",
+                        help="videos: per person (track), time on screen, share of time per expression and the "
+                             "segments where one dominates")
+    parser.add_argument("--timeline", metavar="FILE.png",
+                        help="videos: one panel per person of the expression probabilities over time (several "
+                             "videos: FILE_<video>.png each)")
     parser.add_argument("--verbose", action="store_true",
                         help="say which backend, model and settings run, before the results")
     parser.add_argument("--resume", action="store_true",
@@ -173,23 +184,40 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.every < 1:
         raise ConfigError(f"--every {args.every}: expected a positive frame step")
+    if args.fps is not None and (not args.fps > 0 or args.every != 1):
+        raise ConfigError(f"--fps {args.fps}: expected a positive number of frames a second, without --every")
+    if args.smooth < 0:
+        raise ConfigError(f"--smooth {args.smooth}: expected a time constant of 0 seconds or more")
+    for flag, path, suffix in (("--summary", args.summary, ".json"), ("--timeline", args.timeline, ".png")):
+        if path and Path(path).suffix.lower() != suffix:
+            raise ConfigError(f"{flag} {path}: expected a {suffix} file")
     if args.resume and not args.output:
         raise ConfigError("--resume needs --output FILE.jsonl or FILE.csv to resume from")
     output = check_output_path(args.output, args.resume) if args.output else None
     jobs = collect_jobs(args.inputs)
     targets = annotation_targets(jobs, Path(args.annotate)) if args.annotate else {}
+    video_jobs = [job for job in jobs if job.kind == "video"]
+    if (args.summary or args.timeline) and (not video_jobs or args.no_detect):
+        raise ConfigError("--summary and --timeline follow the people in videos: "
+                          + ("give a video" if not video_jobs else "they need face detection (no --no-detect)"))
     recognizer = Recognizer(args.checkpoint, device=args.device, backend=args.backend, detect=not args.no_detect,
                             min_face_size=args.min_face_size, score_threshold=args.score_threshold,
-                            batch_size=args.batch_size, tta_flip=args.tta_flip, detect_size=args.detect_size)
+                            batch_size=args.batch_size, tta_flip=args.tta_flip, detect_size=args.detect_size,
+                            smooth=args.smooth)
     if args.verbose:
         print(f"grefel predict: {recognizer.describe()}", file=sys.stderr)
     videos = {i: video_info(job.path) for i, job in enumerate(jobs) if job.kind == "video"}
+    def analysed(count: int, fps: float) -> int:
+        return math.ceil(count / fps * args.fps) if args.fps and fps else math.ceil(count / args.every)
+
     progress = Progress(sum(1 for job in jobs if job.kind != "video")
-                        + sum(math.ceil(count / args.every) for count, _ in videos.values()),
+                        + sum(analysed(count, fps) for count, fps in videos.values()),
                         "grefel predict", unit="images and frames", period=10.0)
-    # Annotated videos play the processed frames at the source rate over the step (25 fps when unknown).
-    annotator = Annotator(targets, {i: (fps or 25.0) / args.every for i, (_, fps) in videos.items()})
+    # Annotated videos play the processed frames at the rate they were taken (the source's over the step,
+    # or --fps; 25 fps when the source does not say).
+    annotator = Annotator(targets, {i: args.fps or (fps or 25.0) / args.every for i, (_, fps) in videos.items()})
     tally = Tally()
+    by_video: dict[str, list[ImageResult]] = {}
     writer = None
     with warnings.catch_warnings():
         # A truncated video warns from the recognizer; say it in one line, like every other report here.
@@ -200,13 +228,15 @@ def run(args: argparse.Namespace) -> int:
             writer, done = open_writer(output, recognizer.classes, args.resume,
                                        lambda line: progress.write(line, sys.stdout))
             pending: deque[tuple[int, np.ndarray | None]] = deque()
-            for result in recognizer.predict_entries(_entries(jobs, done, args.every, targets, pending, tally,
-                                                              progress)):
+            for result in recognizer.predict_entries(_entries(jobs, done, args.every, args.fps, targets, pending,
+                                                              tally, progress)):
                 i, image = pending.popleft()
                 writer.write(result)
                 tally.add(result)
                 progress.update()
                 annotator.add(i, image, result)
+                if result.frame is not None and (args.summary or args.timeline):
+                    by_video.setdefault(result.source, []).append(result)
         except BaseException:
             if writer is not None:
                 writer.close(complete=False)
@@ -216,16 +246,37 @@ def run(args: argparse.Namespace) -> int:
             progress.close()
         writer.close()
         annotator.close()
+    write_video_reports(by_video, recognizer.classes, args.summary, args.timeline)
     print(tally.line(time.perf_counter() - start, args.output))
     if tally.images + tally.frames + tally.resumed == 0:
         raise DataError(f"nothing was predicted: all {tally.skipped} input(s) were skipped")
     return 0
 
 
-def _entries(jobs: list[Job], done: set[tuple[str, int | None]], every: int, targets: dict[int, Path],
-             pending: deque[tuple[int, np.ndarray | None]], tally: Tally,
-             progress: Progress) -> Iterator[tuple[str, np.ndarray, int | None]]:
-    """(source, RGB image, frame) of every image and frame still to do, read lazily.
+def write_video_reports(by_video: dict[str, list[ImageResult]], classes: list[str], summary: str | None,
+                        timeline: str | None) -> None:
+    """--summary (one JSON for every video) and --timeline (a PNG per video) from the videos' results."""
+    from grefel.fileio import atomic_write_json
+    from grefel.inference.video import VideoTracks
+
+    videos = [VideoTracks(source, classes, frames) for source, frames in by_video.items()]
+    if summary:
+        reports = [video.summary() for video in videos]
+        atomic_write_json(summary, reports[0] if len(reports) == 1 else {"videos": reports})
+    if timeline:
+        for video in videos:
+            path = Path(timeline) if len(videos) == 1 else \
+                Path(timeline).with_name(f"{Path(timeline).stem}_{Path(video.source).stem}.png")
+            if video.tracks():
+                video.timeline(path)
+            else:
+                print(f"grefel predict: no face in {video.source}, so no timeline for it", file=sys.stderr)
+
+
+def _entries(jobs: list[Job], done: set[tuple[str, int | None]], every: int, fps: float | None,
+             targets: dict[int, Path], pending: deque[tuple[int, np.ndarray | None]], tally: Tally,
+             progress: Progress) -> Iterator[tuple[str, np.ndarray, int | None, float | None]]:
+    """(source, RGB image, frame, time) of every image and frame still to do, read lazily.
 
     Each one yielded is also queued on `pending` as (job index, its pixels when they are
     to be drawn), for the consumer to pop as its result arrives.
@@ -251,15 +302,15 @@ def _entries(jobs: list[Job], done: set[tuple[str, int | None]], every: int, tar
                 skip(str(exc))
                 continue
             pending.append((i, image if i in targets else None))
-            yield job.source, image, None
+            yield job.source, image, None, None
         else:
             try:
-                for index, frame in video_frames(job.path, every):
+                for index, moment, frame in video_frames(job.path, every, fps):
                     if (job.source, index) in done:
                         tally.resumed += 1
                         progress.update()
                         continue
                     pending.append((i, frame if i in targets else None))
-                    yield job.source, frame, index
+                    yield job.source, frame, index, moment
             except DataError as exc:      # raised on opening, before any frame
                 skip(str(exc))

@@ -31,7 +31,7 @@ from grefel.inference.recognizer import FaceResult, ImageResult
 
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".csv")
 RESUMABLE_SUFFIXES = (".jsonl", ".csv")
-FACE_COLUMNS = ("faces", "face", "x", "y", "w", "h", "score", "label", "confidence")  # faces: in this image
+FACE_COLUMNS = ("faces", "face", "track", "x", "y", "w", "h", "score", "label", "confidence")  # faces: in this image
 
 Key = tuple[str, int | None]   # (source, frame); frame is None for images
 
@@ -50,25 +50,31 @@ def check_output_path(path: str | os.PathLike, resume: bool) -> Path:
 
 
 def face_record(face: FaceResult) -> dict[str, Any]:
-    """One face as stored: pixels to 0.01, scores and probabilities to 1e-6 (well inside any tolerance)."""
-    return {"box": [round(v, 2) for v in face.box], "score": round(face.score, 6), "label": face.label,
-            "confidence": round(face.confidence, 6),
-            "probabilities": {c: round(p, 6) for c, p in face.probabilities.items()},
-            "landmarks": [[round(v, 2) for v in point] for point in face.landmarks] if face.landmarks else None}
+    """One face as stored: pixels to 0.01, scores and probabilities to 1e-6 (well inside any tolerance);
+    video faces also carry their track id and smoothed probabilities."""
+    record = {"box": [round(v, 2) for v in face.box], "score": round(face.score, 6), "label": face.label,
+              "confidence": round(face.confidence, 6),
+              "probabilities": {c: round(p, 6) for c, p in face.probabilities.items()},
+              "landmarks": [[round(v, 2) for v in point] for point in face.landmarks] if face.landmarks else None}
+    if face.track is not None:
+        record["track"] = face.track
+        record["smoothed"] = {c: round(p, 6) for c, p in face.smoothed.items()}
+    return record
 
 
 def image_record(result: ImageResult) -> dict[str, Any]:
-    return {"source": result.source, "frame": result.frame, "width": result.width, "height": result.height,
-            "faces": [face_record(face) for face in result.faces]}
+    return {"source": result.source, "frame": result.frame, "time": result.time, "width": result.width,
+            "height": result.height, "faces": [face_record(face) for face in result.faces]}
 
 
 def describe(result: ImageResult) -> list[str]:
-    """Readable lines: `photo.jpg: face 1 at x=178 y=63 w=90 h=113 happiness 0.93`, or `photo.jpg: no face`."""
-    where = result.source if result.frame is None else f"{result.source} frame {result.frame}"
+    """Readable lines: `photo.jpg: face 1 at x=178 y=63 w=90 h=113 happiness 0.93`, `photo.jpg: no face`,
+    `clip.mp4 frame 30 (1.00 s): face 1 #2 at ...` (#2: the person's track)."""
+    where = result.source if result.frame is None else f"{result.source} frame {result.frame} ({result.time:.2f} s)"
     if not result.faces:
         return [f"{where}: no face"]
-    return [f"{where}: face {i} at {' '.join(f'{k}={round(v)}' for k, v in zip('xywh', face.box))} {face.label} "
-            f"{face.confidence:.2f}"
+    return [f"{where}: face {i}{'' if face.track is None else f' #{face.track}'} at "
+            f"{' '.join(f'{k}={round(v)}' for k, v in zip('xywh', face.box))} {face.label} {face.confidence:.2f}"
             for i, face in enumerate(result.faces, 1)]
 
 
@@ -142,18 +148,22 @@ class CsvWriter(_AppendWriter):
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         frame = "" if result.frame is None else result.frame
+        time = "" if result.time is None else round(result.time, 4)
         faces = len(result.faces)
         for i, face in enumerate(result.faces, 1):
             r = face_record(face)
-            writer.writerow([result.source, frame, faces, i, *r["box"], r["score"], r["label"], r["confidence"],
-                             *(r["probabilities"][c] for c in self.classes)])
+            smoothed = [r["smoothed"][c] for c in self.classes] if "smoothed" in r else [""] * len(self.classes)
+            writer.writerow([result.source, frame, time, faces, i, r.get("track", ""), *r["box"], r["score"],
+                             r["label"], r["confidence"], *(r["probabilities"][c] for c in self.classes), *smoothed])
         if not faces:
-            writer.writerow([result.source, frame, 0] + [""] * (len(FACE_COLUMNS) - 1 + len(self.classes)))
+            writer.writerow([result.source, frame, time, 0] + [""] * (len(FACE_COLUMNS) - 1 + 2 * len(self.classes)))
         self._append(buffer.getvalue())
 
 
 def csv_header(classes: list[str]) -> list[str]:
-    return ["source", "frame", *FACE_COLUMNS, *(f"p_{c}" for c in classes)]
+    """source, frame, time, the face columns, p_<class> (probabilities), s_<class> (a video track's smoothed
+    probabilities)."""
+    return ["source", "frame", "time", *FACE_COLUMNS, *(f"p_{c}" for c in classes), *(f"s_{c}" for c in classes)]
 
 
 def open_writer(path: Path | None, classes: list[str], resume: bool,
@@ -213,9 +223,9 @@ def _resume_csv(path: Path, classes: list[str]) -> set[Key]:
             raise DataError(f"{path} line {number}: {len(row)} fields, expected {len(rows[0])}; cannot resume")
         try:
             keys.append((row[0], int(row[1]) if row[1] else None))
-            faces.append(int(row[2]))
+            faces.append(int(row[3]))
         except ValueError:
-            raise DataError(f"{path} line {number}: frame {row[1]!r} or faces {row[2]!r} is not an integer; "
+            raise DataError(f"{path} line {number}: frame {row[1]!r} or faces {row[3]!r} is not an integer; "
                             f"cannot resume") from None
     # An image's rows are consecutive; the last image's are complete when they are as many as its faces
     # (one row for none). Only then is it done: rows cut short are redone, finished ones never.
@@ -246,7 +256,7 @@ def draw_faces(image_rgb: np.ndarray, result: ImageResult) -> np.ndarray:
     for face in result.faces:
         x, y, w, h = (round(v) for v in face.box)
         cv2.rectangle(bgr, (x, y), (x + w - 1, y + h - 1), (0, 255, 0), thickness)
-        text = f"{face.label} {face.confidence:.2f}"
+        text = ("" if face.track is None else f"#{face.track} ") + f"{face.label} {face.confidence:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
         if tw > bgr.shape[1]:   # small images (48 px crops): shrink the label to fit across
             scale *= bgr.shape[1] / tw

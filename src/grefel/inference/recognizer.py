@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
 import cv2
 import numpy as np
@@ -30,8 +31,14 @@ from grefel.devices import resolve_device
 from grefel.errors import ConfigError, DataError
 from grefel.inference.backends import onnx_runtime_version, resolve_backend
 from grefel.inference.faces import Face, FaceDetector, align_face
+from grefel.inference.tracking import FaceTracker, TrackSmoother
+from grefel.inference.video import VideoTracks
+from grefel.models.dlib_resnet import DLIB_INPUT_SIZE
 from grefel.models.model_file import read_checkpoint_info, resolve_checkpoint
 from grefel.models.serving import ServingModel, served_tta_flip
+
+if TYPE_CHECKING:
+    import pandas
 
 IMAGE_EXTENSIONS = EXTENSIONS
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
@@ -44,6 +51,8 @@ class FaceResult:
     confidence: float                # probability of `label`
     probabilities: dict[str, float]  # over every class, calibrated
     landmarks: list[list[float]] | None = None  # 5 points (x, y), when detected: eyes, nose, mouth corners
+    track: int | None = None         # videos: the person's track id, the same in every frame they are in
+    smoothed: dict[str, float] | None = None   # videos: the track's probabilities averaged over time
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready types: `json.dumps(face.to_dict())`."""
@@ -51,7 +60,8 @@ class FaceResult:
 
     def __repr__(self) -> str:
         x, y, w, h = (round(v) for v in self.box)
-        return f"FaceResult({self.label} {self.confidence:.2f} at x={x} y={y} w={w} h={h})"
+        who = "" if self.track is None else f"#{self.track} "
+        return f"FaceResult({who}{self.label} {self.confidence:.2f} at x={x} y={y} w={w} h={h})"
 
 
 @dataclass(repr=False)
@@ -61,16 +71,44 @@ class ImageResult:
     height: int
     faces: list[FaceResult] = field(default_factory=list)
     frame: int | None = None         # frame index, for videos
+    time: float | None = None        # seconds from the video's start, for videos
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready types, the faces included: `json.dumps(result.to_dict())`."""
         return asdict(self)
 
+    def to_dataframe(self) -> pandas.DataFrame:
+        """One row per face (pandas, the `pandas` extra); see `results_dataframe`."""
+        return results_dataframe([self])
+
     def __repr__(self) -> str:
-        where = self.source if self.frame is None else f"{self.source} frame {self.frame}"
-        faces = ", ".join(f"{f.label} {f.confidence:.2f}" for f in self.faces)
+        where = self.source if self.frame is None else f"{self.source} frame {self.frame} ({self.time:.2f} s)"
+        faces = ", ".join(("" if f.track is None else f"#{f.track} ") + f"{f.label} {f.confidence:.2f}"
+                          for f in self.faces)
         count = f"{len(self.faces)} face" + ("" if len(self.faces) == 1 else "s")
         return f"ImageResult({where} {self.width}x{self.height}, {count}{': ' + faces if faces else ''})"
+
+
+def results_dataframe(results: Iterable[ImageResult]) -> pandas.DataFrame:
+    """One row per face of `results` (pandas, the `pandas` extra): source, frame, time, face, track,
+    x, y, w, h, score, label, confidence, then p_<class> (probabilities) and s_<class> (a video track's
+    smoothed probabilities; empty for photos)."""
+    try:
+        import pandas
+    except ImportError:
+        raise ConfigError("to_dataframe needs pandas: pip install 'grefel[pandas]'") from None
+    rows, classes = [], None
+    for result in results:
+        for number, face in enumerate(result.faces, 1):
+            classes = classes or list(face.probabilities)
+            rows.append({"source": result.source, "frame": result.frame, "time": result.time, "face": number,
+                         "track": face.track, **dict(zip("xywh", face.box)), "score": face.score,
+                         "label": face.label, "confidence": face.confidence,
+                         **{f"p_{c}": v for c, v in face.probabilities.items()},
+                         **{f"s_{c}": v for c, v in (face.smoothed or {}).items()}})
+    columns = ["source", "frame", "time", "face", "track", "x", "y", "w", "h", "score", "label", "confidence"]
+    columns += [f"{k}_{c}" for k in "ps" for c in (classes or [])]
+    return pandas.DataFrame(rows, columns=columns)
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -104,12 +142,18 @@ class Recognizer:
     def __init__(self, checkpoint: str | os.PathLike | None = None, *, device: str = "cpu",
                  backend: str = "auto", detect: bool = True, min_face_size: int = 0,
                  score_threshold: float = 0.7, batch_size: int = 32, onnx_path: str | os.PathLike | None = None,
-                 tta_flip: bool | None = None, detect_size: int = 1280):
+                 tta_flip: bool | None = None, detect_size: int = 1280, smooth: float = 0.5):
         """`backend`: auto (ONNX Runtime when the onnx extra is installed and the device is the CPU, the
         graph exported once into the grefel cache; else PyTorch), torch or onnx; `.backend` says which
         runs. `tta_flip`: average each face with its mirror (None: as the checkpoint was evaluated; False
         halves the classification time). `detect_size`: photos larger than this are shrunk to it (longest
-        side, pixels) for detection only; a smaller value detects faster and misses more small faces."""
+        side, pixels) for detection only; a smaller value detects faster and misses more small faces.
+        `smooth`: videos: the time constant in seconds of each track's moving average of probabilities
+        (`FaceResult.smoothed`; 0 turns it off: `smoothed` then repeats `probabilities`)."""
+        if smooth < 0:
+            raise ConfigError(f"smooth: expected a time constant of 0 seconds or more, got {smooth}")
+        self.smooth = float(smooth)
+        self._identity = None
         if batch_size < 1:
             raise ConfigError(f"batch_size: expected a positive number of faces per batch, got {batch_size}")
         self.checkpoint = resolve_checkpoint(checkpoint)
@@ -197,6 +241,20 @@ class Recognizer:
 
     # ---- faces ------------------------------------------------------------------------------
 
+    def identity_descriptors(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+        """(N, 128) dlib face descriptors of `faces` in `image` (RGB): who a face is, for tracking. The
+        shipped face-recognition ResNet is loaded on first use; two faces of one person lie closer than 0.6."""
+        if not faces:
+            return np.zeros((0, 128), np.float32)
+        if self._identity is None:
+            from grefel.models.pretrained import load_dlib_resnet
+
+            self._identity = load_dlib_resnet().eval()
+        chips = np.stack([align_face(image, face.landmarks, DLIB_INPUT_SIZE, "rgb") for face in faces])
+        with torch.inference_mode():
+            x = torch.from_numpy(chips).permute(0, 3, 1, 2).float().div_(255)   # (N, 3, 150, 150)
+            return self._identity(x).numpy()
+
     def crops(self, image: np.ndarray) -> list[tuple[Face | None, np.ndarray]]:
         """Aligned crops of every face in an RGB or grey image (the whole image with detect=False)."""
         if self.detector is None:
@@ -205,9 +263,9 @@ class Recognizer:
                 for face in self.detector.detect(image)]
 
     def _result(self, source: str, shape: tuple[int, ...], faces: list[Face | None], probs: np.ndarray,
-                frame: int | None = None) -> ImageResult:
+                frame: int | None = None, time: float | None = None) -> ImageResult:
         h, w = shape[:2]
-        result = ImageResult(source=source, width=w, height=h, frame=frame)
+        result = ImageResult(source=source, width=w, height=h, frame=frame, time=time)
         for face, p in zip(faces, probs):
             k = int(p.argmax())
             result.faces.append(FaceResult(
@@ -237,37 +295,57 @@ class Recognizer:
             for i, item in enumerate(items):
                 if isinstance(item, np.ndarray):
                     rgba = item.ndim == 3 and item.shape[2] == 4
-                    yield f"<array {i}>", np.ascontiguousarray(item[:, :, :3]) if rgba else item, None
+                    yield f"<array {i}>", np.ascontiguousarray(item[:, :, :3]) if rgba else item, None, None
                 elif isinstance(item, Image.Image):
-                    yield getattr(item, "filename", "") or f"<image {i}>", np.asarray(item.convert("RGB")), None
+                    name = getattr(item, "filename", "") or f"<image {i}>"
+                    yield name, np.asarray(item.convert("RGB")), None, None
                 elif isinstance(item, (str, os.PathLike)):
-                    yield str(item), read_image(item), None
+                    yield str(item), read_image(item), None, None
                 else:
                     raise ConfigError(f"input {i}: a {type(item).__name__}; expected a path, a PIL image or a "
                                       f"numpy array")
         return self.predict_entries(entries())
 
-    def predict_video(self, path: str | os.PathLike, every: int = 1) -> Iterator[ImageResult]:
-        """Per-frame results of every `every`-th frame, read lazily; faces batched across frames.
+    def predict_video(self, path: str | os.PathLike, every: int = 1, fps: float | None = None
+                      ) -> Iterator[ImageResult]:
+        """Per-frame results of every `every`-th frame (or `fps` frames a second), read lazily, each with
+        its time and, per face, its track id and smoothed probabilities; faces batched across frames.
 
         A truncated or corrupt video stops at its last readable frame with a warning.
         """
         source = str(path)
-        return self.predict_entries((source, frame, index) for index, frame in video_frames(path, every))
+        return self.predict_entries((source, frame, index, time)
+                                    for index, time, frame in video_frames(path, every, fps))
 
-    def predict_entries(self, entries: Iterable[tuple[str, np.ndarray, int | None]]) -> Iterator[ImageResult]:
-        """(source, RGB image, frame or None) -> results in order; faces are batched across entries.
+    def track_video(self, path: str | os.PathLike, every: int = 1, fps: float | None = None) -> VideoTracks:
+        """The whole video's results grouped by person: `VideoTracks` (frames, tracks, summary(),
+        timeline(), to_dataframe())."""
+        return VideoTracks(str(path), self.classes, list(self.predict_video(path, every, fps)))
+
+    def predict_entries(self, entries: Iterable[tuple[str, np.ndarray, int | None, float | None]]
+                        ) -> Iterator[ImageResult]:
+        """(source, RGB image, frame index or None, time in seconds or None) -> results in order; faces
+        are batched across entries. Consecutive frames of one source are a video: their faces are tracked
+        (`FaceResult.track`, `FaceResult.smoothed`; grefel.inference.tracking), from its first frame given.
 
         For callers that read images themselves (to skip unreadable files, or keep
         frames for drawing): `entries` is consumed lazily, a batch at a time.
         """
         # Only the image's shape waits with its crops, and faceless entries count towards the batch
         # too: a long video without faces must neither hold its frames nor hold back its results.
-        pending: list[tuple[str, tuple[int, ...], list[Face | None], list[np.ndarray], int | None]] = []
+        # Tracking needs the pixels, so it runs here, as each frame is read, not when its batch is classified.
+        pending: list[tuple] = []
         waiting = 0
-        for source, image, frame in entries:
+        video: tuple[str, FaceTracker, TrackSmoother] | None = None
+        for source, image, frame, time in entries:
             pairs = self.crops(image)
-            pending.append((source, image.shape, [f for f, _ in pairs], [c for _, c in pairs], frame))
+            faces = [f for f, _ in pairs]
+            tracks, smoother = None, None
+            if frame is not None and self.detector is not None:
+                if video is None or video[0] != source:
+                    video = (source, FaceTracker(self.identity_descriptors), TrackSmoother(self.smooth))
+                tracks, smoother = video[1].update(image, faces, time), video[2]
+            pending.append((source, image.shape, faces, [c for _, c in pairs], frame, time, tracks, smoother))
             waiting += len(pairs)
             if waiting >= self.batch_size or len(pending) >= self.batch_size:
                 yield from self._flush(pending)
@@ -275,11 +353,15 @@ class Recognizer:
         yield from self._flush(pending)
 
     def _flush(self, pending) -> Iterator[ImageResult]:
-        probs = self.classify([c for *_, crops, _ in pending for c in crops])
+        probs = self.classify([c for entry in pending for c in entry[3]])
         offset = 0
-        for source, shape, faces, crops, frame in pending:
-            yield self._result(source, shape, faces, probs[offset:offset + len(crops)], frame)
+        for source, shape, faces, crops, frame, time, tracks, smoother in pending:
+            result = self._result(source, shape, faces, probs[offset:offset + len(crops)], frame, time)
+            for face, track, p in zip(result.faces, tracks or [], probs[offset:offset + len(crops)]):
+                face.track = track
+                face.smoothed = {c: float(v) for c, v in zip(self.classes, smoother(track, time, p))}
             offset += len(crops)
+            yield result
 
 
 def _to(image: np.ndarray, color: str) -> np.ndarray:
@@ -295,10 +377,15 @@ def open_video(path: str | os.PathLike) -> cv2.VideoCapture:
     return cv2.VideoCapture(str(path))
 
 
-def video_frames(path: str | os.PathLike, every: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-    """(index, RGB frame) of every `every`-th frame, one frame in memory at a time."""
+def video_frames(path: str | os.PathLike, every: int = 1, fps: float | None = None
+                 ) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(index, seconds, RGB frame) of every `every`-th frame, or of frames `1 / fps` seconds apart (`fps`,
+    whatever the source's rate), one frame in memory at a time. Times are the container's timestamps,
+    or index / frame rate where it has none."""
     if every < 1:
         raise ConfigError(f"every: expected a positive frame step, got {every}")
+    if fps is not None and not fps > 0:
+        raise ConfigError(f"fps: expected a positive number of frames a second, got {fps}")
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -306,19 +393,27 @@ def video_frames(path: str | os.PathLike, every: int = 1) -> Iterator[tuple[int,
     if not capture.isOpened():
         raise DataError(f"{path}: not a readable video")
     expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    index = -1
+    rate = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    index, last, bucket = -1, -1.0, -1
     try:
         while True:
             ok = capture.grab()
             if not ok:
                 break
             index += 1
-            if index % every:
+            stamp = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            time = stamp if stamp > last or index == 0 else (index / rate if rate > 0 else float(index))
+            last = time
+            if fps is not None:                       # the first frame of each 1 / fps slice of time
+                if math.floor(time * fps + 1e-6) == bucket:
+                    continue
+                bucket = math.floor(time * fps + 1e-6)
+            elif index % every:
                 continue
             ok, frame = capture.retrieve()
             if not ok or frame is None:
                 break
-            yield index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            yield index, round(time, 4), cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
     finally:
         capture.release()
     if expected and index + 1 < expected:
