@@ -21,6 +21,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from conftest import PHOTOS_DIR
 from grefel.labels import CANONICAL_CLASSES
+from video_helpers import clip
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -90,6 +91,26 @@ def test_upload_shows_face_card_with_bars(browser: Browser, served_url: str) -> 
     assert page.locator("#preview").evaluate("c => c.width") == 512
     if os.environ.get("GREFEL_SCREENSHOT"):
         page.screenshot(path=os.environ["GREFEL_SCREENSHOT"], full_page=True)
+    page.close()
+
+
+def test_video_upload_shows_each_person_and_a_timeline(browser: Browser, served_url: str, tmp_path: Path) -> None:
+    video = tmp_path / "walk.mp4"
+    clip(video, 2.0, 10)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(served_url + "/")
+    page.set_input_files("#file-input", str(video))
+    card = page.locator("[data-testid=track-card]").first
+    card.wait_for(timeout=120_000)
+    assert page.locator("[data-testid=track-card]").count() == 1
+    assert card.locator("h2").inner_text().startswith("Person #1: ")
+    assert card.locator(".face-label").inner_text().strip().lower() in CANONICAL_CLASSES
+    timeline = page.locator("#timeline")
+    assert timeline.is_visible() and timeline.evaluate("img => img.naturalWidth") > 0
+    assert page.locator("#preview").is_hidden() and page.locator("#error").is_hidden()
+    page.set_input_files("#file-input", str(PHOTOS_DIR / "astronaut.png"))   # a photo after it: no timeline
+    page.locator(".face-card[data-testid=face-card]").first.wait_for(timeout=60_000)
+    assert timeline.is_hidden() and page.locator("#preview").is_visible()
     page.close()
 
 

@@ -24,6 +24,7 @@ from grefel.data.headers import image_dimensions
 from grefel.errors import DataError
 from grefel.labels import CANONICAL_CLASSES
 from grefel.serve.app import ServeConfig, create_app
+from video_helpers import clip
 
 BODY_TIMEOUT_S = 1.0
 BOUNDARY = "grefeltestboundary"
@@ -91,6 +92,31 @@ def test_health_and_page(client: httpx.Client) -> None:
         assert hook in page.text
     assert "http://" not in page.text and "https://" not in page.text and '="//' not in page.text, \
         "the page must load nothing from elsewhere"
+
+
+def test_video_upload_follows_the_person_and_draws_a_timeline(client: httpx.Client, tmp_path: Path) -> None:
+    video = clip(tmp_path / "walk.mp4", 2.0, 10)
+    answer = client.post("/predict/video", files={"file": ("walk.mp4", video, "video/mp4")})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["duration_s"] == pytest.approx(2.0) and body["fps_analysed"] == 5.0
+    assert [f["time"] for f in body["frames"]] == pytest.approx([i / 5 for i in range(10)], abs=1e-3)
+    assert {face["track"] for f in body["frames"] for face in f["faces"]} == {1}
+    (track,) = body["summary"]["tracks"]
+    assert track["frames"] == 10 and body["timeline_png"].startswith("data:image/png;base64,")
+    raw = client.post("/predict/video", content=video, headers={"content-type": "video/mp4"})
+    assert raw.status_code == 200 and raw.json()["summary"]["tracks"][0]["frames"] == 10
+
+
+def test_video_upload_limits(client: httpx.Client, tmp_path: Path, photos: dict[str, bytes]) -> None:
+    long = clip(tmp_path / "long.mp4", 61.0, 1, side=160, face=False)
+    answer = client.post("/predict/video", files={"file": ("long.mp4", long, "video/mp4")})
+    assert answer.status_code == 413 and answer.json()["detail"] == "this video is 61.0 s long; send at most 60 s"
+    answer = client.post("/predict/video", files={"file": ("photo.png", photos["astronaut.png"], "image/png")})
+    assert answer.status_code == 400 and "not a readable video" in answer.json()["detail"]
+    empty = clip(tmp_path / "empty.mp4", 1.0, 5, side=160, face=False)
+    body = client.post("/predict/video", files={"file": ("empty.mp4", empty, "video/mp4")}).json()
+    assert body["summary"]["tracks"] == [] and body["timeline_png"] is None
 
 
 def test_predict_astronaut_one_face(client: httpx.Client, photos: dict[str, bytes]) -> None:

@@ -137,19 +137,6 @@ def annotation_targets(jobs: list[Job], directory: Path) -> dict[int, Path]:
     return targets
 
 
-def video_info(path: Path) -> tuple[int, float]:
-    """(frame count, frames per second) from the container; (0, 0.0) when it cannot tell."""
-    import cv2
-
-    from grefel.inference.recognizer import open_video
-
-    capture = open_video(path)
-    try:
-        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-    finally:
-        capture.release()
-
-
 @dataclass
 class Tally:
     images: int = 0
@@ -178,7 +165,7 @@ class Tally:
 
 def run(args: argparse.Namespace) -> int:
     from grefel.inference.output import Annotator, check_output_path, open_writer
-    from grefel.inference.recognizer import Recognizer
+    from grefel.inference.recognizer import Recognizer, video_info
     from grefel.progress import Progress
 
     start = time.perf_counter()

@@ -41,6 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "(default 1: on 2 cores, 2 or 4 threads measured no more requests per CPU second "
                              "and each adds about 55 MB)")
     add_device_argument(parser)
+    parser.add_argument("--max-video-s", type=float, default=60.0, metavar="SECONDS",
+                        help="longest video POST /predict/video and the page analyse (default 60)")
+    parser.add_argument("--video-fps", type=float, default=5.0, metavar="F",
+                        help="frames a second analysed in an uploaded video (default 5)")
     parser.add_argument("--body-timeout", type=float, default=60.0,
                         help="seconds a client may take to send its body; slower gets 408 (default 60)")
     parser.add_argument("--limit-concurrency", type=int, default=32,
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--limit-concurrency {args.limit_concurrency}: expected at least 1")
     config = ServeConfig(checkpoint=args.checkpoint, max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels,
                          worker_threads=args.threads, body_timeout_s=args.body_timeout,
-                         device=args.device)
+                         device=args.device, max_video_s=args.max_video_s, video_fps=args.video_fps)
     sock = listen(args.host, args.port)  # before the model loads: a busy port fails at once
     _share_cores(config.worker_threads)
     server = make_server(create_app(config), args.limit_concurrency)

@@ -377,6 +377,15 @@ def open_video(path: str | os.PathLike) -> cv2.VideoCapture:
     return cv2.VideoCapture(str(path))
 
 
+def video_info(path: str | os.PathLike) -> tuple[int, float]:
+    """(frame count, frames per second) from the container; (0, 0.0) when it cannot tell."""
+    capture = open_video(path)
+    try:
+        return int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0), float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+    finally:
+        capture.release()
+
+
 def video_frames(path: str | os.PathLike, every: int = 1, fps: float | None = None
                  ) -> Iterator[tuple[int, float, np.ndarray]]:
     """(index, seconds, RGB frame) of every `every`-th frame, or of frames `1 / fps` seconds apart (`fps`,

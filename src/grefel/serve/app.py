@@ -1,4 +1,4 @@
-"""The FastAPI app behind `grefel serve`: the web page, POST /predict, POST /predict/batch and GET /health.
+"""The FastAPI app behind `grefel serve`: the web page, POST /predict, /predict/batch, /predict/video, GET /health.
 
 Every request body is read by `upload.read_images` (size and time bounded)
 and sized by `grefel.data.headers.check_photo` before a pixel is decoded; decoding and
@@ -10,12 +10,15 @@ and rejecting requests while photos are analysed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import queue
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -24,7 +27,7 @@ from fastapi.responses import HTMLResponse, Response
 from grefel.data.headers import MAX_PIXELS, MAX_UPLOAD_MB, MIME_TYPES, SUPPORTED, check_photo
 from grefel.data.images import decode_image
 from grefel.errors import ConfigError, DataError
-from grefel.inference.recognizer import ImageResult, Recognizer
+from grefel.inference.recognizer import VIDEO_EXTENSIONS, ImageResult, Recognizer, video_info
 from grefel.serve.upload import UploadError, read_images
 
 FILE_FIELD = "file"
@@ -43,9 +46,11 @@ class ServeConfig:
     worker_threads: int = 1             # Recognizers, each on its own thread
     body_timeout_s: float = 60.0        # a client slower than this holds a connection for nothing
     device: str = "cpu"                 # auto, cpu or cuda (grefel.devices)
+    max_video_s: float = 60.0           # longest video /predict/video analyses
+    video_fps: float = 5.0              # frames a second it analyses: bounds its work to max_video_s x video_fps
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_mb", "max_pixels", "worker_threads", "body_timeout_s"):
+        for name in ("max_upload_mb", "max_pixels", "worker_threads", "body_timeout_s", "max_video_s", "video_fps"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: expected a positive number, got {getattr(self, name)}")
 
@@ -83,6 +88,36 @@ class RecognizerPool:
         """Decode and analyse on the pool; (result, seconds spent decoding and analysing)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, data)
 
+    def _track(self, data: bytearray, name: str, max_s: float, fps: float) -> dict[str, Any]:
+        start = time.perf_counter()
+        suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in VIDEO_EXTENSIONS else ".mp4"
+        with tempfile.TemporaryDirectory(prefix="grefel-video-") as folder:
+            path = Path(folder) / f"upload{suffix}"
+            path.write_bytes(data)
+            count, rate = video_info(path)
+            if count <= 0 or rate <= 0:
+                raise DataError("not a readable video: the file is damaged, cut short or in a format this server "
+                                "cannot decode")
+            if count / rate > max_s:
+                raise UploadError(413, f"this video is {count / rate:.1f} s long; send at most {max_s:g} s")
+            recognizer = self._idle.get()
+            try:
+                video = recognizer.track_video(path, fps=fps)
+            finally:
+                self._idle.put(recognizer)
+            timeline = None
+            if video.tracks():
+                video.timeline(Path(folder) / "timeline.png")
+                timeline = "data:image/png;base64," + base64.b64encode((Path(folder) / "timeline.png").read_bytes()
+                                                                       ).decode()
+        return {"duration_s": round(count / rate, 3), "fps_analysed": fps,
+                "frames": [{"frame": f.frame, "time": f.time, "faces": f.to_dict()["faces"]} for f in video.frames],
+                "summary": video.summary(), "timeline_png": timeline, "seconds": round(time.perf_counter() - start, 4)}
+
+    async def track(self, data: bytearray, name: str, max_s: float, fps: float) -> dict[str, Any]:
+        """Follow the faces of a video on the pool: frames, summary, timeline (a PNG data URL)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._track, data, name, max_s, fps)
+
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -97,8 +132,8 @@ def _model_info(recognizer: Recognizer) -> dict[str, Any]:
 
 def _index_html() -> str:
     page = (resources.files("grefel.serve") / "static" / "index.html").read_text(encoding="utf-8")
-    return page.replace("{{ACCEPT}}", ",".join(MIME_TYPES) + "," + ",".join(
-        ext for ext in (".heic", ".heif", ".tif", ".tiff")))  # browsers give HEIC no MIME type of their own
+    return page.replace("{{ACCEPT}}", ",".join(MIME_TYPES) + ",video/*," + ",".join(
+        (".heic", ".heif", ".tif", ".tiff", *VIDEO_EXTENSIONS)))  # browsers give HEIC no MIME type of their own
 
 
 def create_app(config: ServeConfig, pool: RecognizerPool | None = None) -> FastAPI:
@@ -122,7 +157,8 @@ def create_app(config: ServeConfig, pool: RecognizerPool | None = None) -> FastA
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": pool.model_info,
-                "limits": {"max_upload_mb": config.max_upload_mb, "max_pixels": config.max_pixels}}
+                "limits": {"max_upload_mb": config.max_upload_mb, "max_pixels": config.max_pixels,
+                           "max_video_s": config.max_video_s, "video_fps": config.video_fps}}
 
     @app.get("/favicon.ico", include_in_schema=False)
     @app.get("/favicon.svg", include_in_schema=False)
@@ -147,6 +183,23 @@ def create_app(config: ServeConfig, pool: RecognizerPool | None = None) -> FastA
         try:
             (_, data), = await read_images(request, FILE_FIELD, config.max_bytes, config.body_timeout_s)
             answer = await analyse(data)
+        except UploadError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        except DataError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return {**answer, "classes": pool.classes, "model": pool.model_info}
+
+    @app.post("/predict/video", openapi_extra={"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": [FILE_FIELD],
+                                           "properties": {FILE_FIELD: {"type": "string", "format": "binary"}}}},
+        "video/*": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def predict_video(request: Request) -> dict[str, Any]:
+        """The faces of a short video (the raw body, or form field `file`) followed over time: per analysed
+        frame the faces with their track ids, a summary per person, and a timeline PNG as a data URL."""
+        try:
+            (name, data), = await read_images(request, FILE_FIELD, config.max_bytes, config.body_timeout_s,
+                                              media="video")
+            answer = await pool.track(data, name, config.max_video_s, config.video_fps)
         except UploadError as exc:
             raise HTTPException(exc.status, str(exc)) from None
         except DataError as exc:

@@ -106,22 +106,22 @@ async def _stream(request: Request, max_bytes: int, timeout_s: float, sink) -> N
         raise UploadError(400, "client disconnected before the body was complete") from None
 
 
-async def read_images(request: Request, field: str, max_bytes: int, timeout_s: float, *, many: bool = False
-                      ) -> list[tuple[str, bytearray]]:
-    """(file name, bytes) of each uploaded image: the raw body for `Content-Type: image/*` (or
-    application/octet-stream), else every multipart field `field` (one unless `many`). UploadError (413,
-    408, 400 or 422) when the body is not acceptable."""
+async def read_images(request: Request, field: str, max_bytes: int, timeout_s: float, *, many: bool = False,
+                      media: str = "image") -> list[tuple[str, bytearray]]:
+    """(file name, bytes) of each uploaded image (or video, `media="video"`): the raw body for
+    `Content-Type: image/*` (`video/*`) or application/octet-stream, else every multipart field `field`
+    (one unless `many`). UploadError (413, 408, 400 or 422) when the body is not acceptable."""
     kind, params = parse_options_header(request.headers.get("content-type"))
-    if kind.startswith(b"image/") or kind == b"application/octet-stream":
+    if kind.startswith(f"{media}/".encode()) or kind == b"application/octet-stream":
         body = bytearray()
         await _stream(request, max_bytes, timeout_s, body.extend)
         if not body:
-            raise UploadError(422, "empty body: send the image's bytes")
+            raise UploadError(422, f"empty body: send the {media}'s bytes")
         return [("", body)]
     boundary = params.get(b"boundary")
     if kind != b"multipart/form-data" or not boundary:
-        raise UploadError(400, f"expected an image body (Content-Type image/...) or a multipart/form-data body "
-                               f"with a {field!r} field")
+        raise UploadError(400, f"expected an {media} body (Content-Type {media}/...) or a multipart/form-data "
+                               f"body with a {field!r} field")
     collector = _FieldCollector(field, many)
     try:
         parser = MultipartParser(boundary, collector.callbacks())
@@ -134,5 +134,5 @@ async def read_images(request: Request, field: str, max_bytes: int, timeout_s: f
     if not collector.complete:
         raise UploadError(400, "truncated multipart body (no closing boundary)")
     if not collector.parts:
-        raise UploadError(422, f"missing form field {field!r} (the image to analyse)")
+        raise UploadError(422, f"missing form field {field!r} (the {media} to analyse)")
     return collector.parts
