@@ -96,6 +96,11 @@ def test_the_cheap_commands_run(tmp_path, capsys, monkeypatch):
     assert re.search(r"examples/astronaut\.png: face 1 at x=\d+ y=\d+ w=\d+ h=\d+ happiness 1\.00",
                      capsys.readouterr().out)
     assert main(["model", "list"]) == 0 and "grefel_ferplus" in capsys.readouterr().out
+    # The example video: the astronaut leaves and comes back as the same person (five frames a second here).
+    assert main(["predict", "examples/walk.mp4", "--fps", "5", "--summary", str(tmp_path / "s.json"),
+                 "--timeline", str(tmp_path / "t.png")]) == 0
+    (track,) = json.loads((tmp_path / "s.json").read_text())["tracks"]
+    assert track["track"] == 1 and len(track["segments"]) == 2 and (tmp_path / "t.png").stat().st_size > 0
     proc = subprocess.run([sys.executable, "-m", "grefel", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "predict" in proc.stdout
 
