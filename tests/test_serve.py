@@ -104,6 +104,7 @@ def test_video_upload_follows_the_person_and_draws_a_timeline(client: httpx.Clie
     assert {face["track"] for f in body["frames"] for face in f["faces"]} == {1}
     (track,) = body["summary"]["tracks"]
     assert track["frames"] == 10 and body["timeline_png"].startswith("data:image/png;base64,")
+    assert body["summary"]["source"] == "walk.mp4"                 # not the server's temporary file
     raw = client.post("/predict/video", content=video, headers={"content-type": "video/mp4"})
     assert raw.status_code == 200 and raw.json()["summary"]["tracks"][0]["frames"] == 10
 

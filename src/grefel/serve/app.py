@@ -105,6 +105,7 @@ class RecognizerPool:
                 video = recognizer.track_video(path, fps=fps)
             finally:
                 self._idle.put(recognizer)
+            video.source = Path(name).name or "video"       # the client's name for it, never the server's path
             timeline = None
             if video.tracks():
                 video.timeline(Path(folder) / "timeline.png")
