@@ -127,6 +127,22 @@ def test_classic_train_py_takes_the_shipped_preset_and_skip_bad(tmp_path):
     assert "sized for GPUs" not in proc.stdout
 
 
+def ctrl_c_after_first_checkpoint(cmd: list[str], run: Path, env: dict | None = None) -> tuple[int, str]:
+    """Start a trainer, Ctrl-C it once it has saved an epoch; (exit code, stderr).
+
+    A shell running the suite in the background (`make test &`) hands its children SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler: the trainer gets the disposition a terminal gives."""
+    trainer = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "last.json").exists():
+        assert time.time() < deadline and trainer.poll() is None, "training never wrote a checkpoint"
+        time.sleep(0.1)
+    trainer.send_signal(signal.SIGINT)
+    _, err = trainer.communicate(timeout=120)
+    return trainer.returncode, err
+
+
 def test_classic_train_py_ctrl_c_saves_and_says_how_to_resume(tmp_path):
     """Ctrl-C in train.py: one line with the resume command, exit 130, no traceback; its default 4 workers
     are capped at the cores there are, so PyTorch does not warn about them."""
@@ -137,16 +153,8 @@ def test_classic_train_py_ctrl_c_saves_and_says_how_to_resume(tmp_path):
     cmd = [sys.executable, str(REPO_ROOT / "train.py"), "--train_csv", str(tmp_path / "val.csv"), "--val_csv",
            str(tmp_path / "val.csv"), "--output_dir", str(run), "--epochs", "500", "--batch_size", "16",
            "--model", "cnn_baseline"]
-    trainer = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "WANDB_MODE": "disabled"},
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "last.json").exists():
-        assert time.time() < deadline and trainer.poll() is None, "training never wrote a checkpoint"
-        time.sleep(0.1)
-    trainer.send_signal(signal.SIGINT)
-    _, err = trainer.communicate(timeout=120)
-    assert trainer.returncode == 130 and "Traceback" not in err and "suggested max number of worker" not in err
+    code, err = ctrl_c_after_first_checkpoint(cmd, run, {**os.environ, "WANDB_MODE": "disabled"})
+    assert code == 130 and "Traceback" not in err and "suggested max number of worker" not in err
     assert err.count("interrupted") == 1
     assert f"continue with:\n  python train.py --train_csv {tmp_path / 'val.csv'}" in err and err.endswith("--resume\n")
 
@@ -493,18 +501,9 @@ def test_model_list_marks_a_model_no_better_than_guessing(tmp_path, capsys):
 def test_ctrl_c_prints_the_resume_command(tmp_path):
     run = tmp_path / "run"
     config = tiny_config(tmp_path, epochs=20)
-    # A shell running the suite in the background (`make test &`) hands its children SIGINT ignored, and
-    # Python then installs no KeyboardInterrupt handler: give the trainer the disposition a terminal gives.
-    proc = subprocess.Popen([sys.executable, "-m", "grefel", "train", "--config", str(config), "--output-dir",
-                             str(run)], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "last.json").exists():
-        assert time.time() < deadline and proc.poll() is None, "training never wrote a checkpoint"
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and err.count("interrupted") == 1
+    code, err = ctrl_c_after_first_checkpoint([sys.executable, "-m", "grefel", "train", "--config", str(config),
+                                               "--output-dir", str(run)], run)
+    assert code == 130 and err.count("interrupted") == 1
     assert "continue with:" in err and f"--output-dir {run} --resume" in err
 
 
