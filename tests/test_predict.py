@@ -334,7 +334,7 @@ def test_video_every_n_and_truncated_video(tmp_path, capsys):
     cut = tmp_path / "cut.avi"
     cut.write_bytes(video.read_bytes()[:video.stat().st_size // 2])
     code, out, err = predict(capsys, cut)
-    frames = [int(m) for m in re.findall(r" frame (\d+): face 1 ", out)]
+    frames = [int(m) for m in re.findall(r" frame (\d+) \([\d.]+ s\): face 1 ", out)]
     assert code == 0 and 3 <= len(frames) < 20 and frames == list(range(len(frames)))
     assert f"grefel predict: warning: {cut}: stopped at frame {len(frames)} of 20 (truncated or corrupt video)" in err
     # An mp4 written by OpenCV keeps its index (moov) at the end: cut, it cannot be opened at all.
