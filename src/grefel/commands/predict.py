@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -260,6 +261,11 @@ def write_video_reports(by_video: dict[str, list[ImageResult]], classes: list[st
                 print(f"grefel predict: no face in {video.source}, so no timeline for it", file=sys.stderr)
 
 
+# Photos are read and decoded this many ahead on a thread (the decoders release the GIL), so the next one is
+# ready while this one is detected and classified; a few at most, as one photo may decode to 360 MB.
+READ_AHEAD = 2
+
+
 def _entries(jobs: list[Job], done: set[tuple[str, int | None]], every: int, fps: float | None,
              targets: dict[int, Path], pending: deque[tuple[int, np.ndarray | None]], tally: Tally,
              progress: Progress) -> Iterator[tuple[str, np.ndarray, int | None, float | None]]:
@@ -275,29 +281,34 @@ def _entries(jobs: list[Job], done: set[tuple[str, int | None]], every: int, fps
         progress.write(f"grefel predict: skipped {message}", sys.stderr)
         progress.update()
 
-    for i, job in enumerate(jobs):
-        if job.kind == "skip":
-            skip(f"{job.path}: {job.reason}")
-        elif job.kind == "image":
-            if (job.source, None) in done:
-                tally.resumed += 1
-                progress.update()
-                continue
-            try:
-                image = read_image(job.path)
-            except DataError as exc:
-                skip(str(exc))
-                continue
-            pending.append((i, image if i in targets else None))
-            yield job.source, image, None, None
-        else:
-            try:
-                for index, moment, frame in video_frames(job.path, every, fps):
-                    if (job.source, index) in done:
-                        tally.resumed += 1
-                        progress.update()
-                        continue
-                    pending.append((i, frame if i in targets else None))
-                    yield job.source, frame, index, moment
-            except DataError as exc:      # raised on opening, before any frame
-                skip(str(exc))
+    to_read = iter([i for i, job in enumerate(jobs) if job.kind == "image" and (job.source, None) not in done])
+    reads: dict[int, Future] = {}
+    with ThreadPoolExecutor(1, thread_name_prefix="grefel-read") as reader:
+        for i, job in enumerate(jobs):
+            if job.kind == "skip":
+                skip(f"{job.path}: {job.reason}")
+            elif job.kind == "image":
+                if (job.source, None) in done:
+                    tally.resumed += 1
+                    progress.update()
+                    continue
+                while len(reads) < READ_AHEAD and (k := next(to_read, None)) is not None:
+                    reads[k] = reader.submit(read_image, jobs[k].path)
+                try:
+                    image = reads.pop(i).result()
+                except DataError as exc:
+                    skip(str(exc))
+                    continue
+                pending.append((i, image if i in targets else None))
+                yield job.source, image, None, None
+            else:
+                try:
+                    for index, moment, frame in video_frames(job.path, every, fps):
+                        if (job.source, index) in done:
+                            tally.resumed += 1
+                            progress.update()
+                            continue
+                        pending.append((i, frame if i in targets else None))
+                        yield job.source, frame, index, moment
+                except DataError as exc:      # raised on opening, before any frame
+                    skip(str(exc))
