@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grefel",
         description="GReFEL facial expression recognition: data, models, training, evaluation, inference.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,   # --version's line stays one line
     )
     parser.add_argument("--version", action="version", version=f"grefel {__version__}; {default_backend_line()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
