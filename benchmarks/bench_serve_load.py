@@ -8,7 +8,9 @@ over the upload limit the server reports on /health, text, a PNG declaring
 clients that trickle a good photo over about 2 s.
 Good requests must get 200, bad ones their 4xx. Reports latency percentiles,
 requests/s, wrong answers, the server's RSS at start, middle and end (and its
-peak), and the load average, since other jobs on the machine skew every figure.
+peak) and after each tenth of the requests (a leak grows steadily, allocator
+growth levels off), and the load average, since other jobs on the machine skew
+every figure.
 
     python benchmarks/bench_serve_load.py                                # 2000 requests, concurrency 16
     python benchmarks/bench_serve_load.py --requests 400 --server-threads 2
@@ -125,6 +127,7 @@ async def load(url: str, pid: int, plan: list[tuple[str, int]], photos: list[byt
     records: list[tuple[str, int | str, float]] = []
     rss = {"start": rss_mb(pid)}
     peak = rss["start"]
+    trace: list[float] = []                       # RSS after each tenth of the requests
     queue = iter(enumerate(plan))
 
     async def worker(client: httpx.AsyncClient) -> None:
@@ -137,6 +140,8 @@ async def load(url: str, pid: int, plan: list[tuple[str, int]], photos: list[byt
             records.append((kind, status, time.perf_counter() - start))
             if index == len(plan) // 2:
                 rss["middle"] = rss_mb(pid)
+            if (index + 1) % max(len(plan) // 10, 1) == 0:   # a leak grows steadily; allocator growth levels off
+                trace.append(round(rss_mb(pid), 1))
 
     async def sample_peak() -> None:
         nonlocal peak
@@ -152,7 +157,7 @@ async def load(url: str, pid: int, plan: list[tuple[str, int]], photos: list[byt
         seconds, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu_start
         sampler.cancel()
     rss["end"] = rss_mb(pid)
-    return {**summarise(records, seconds, rss, peak), "server_cpu_s": round(cpu, 1),
+    return {**summarise(records, seconds, rss, peak), "server_rss_mb_by_tenth": trace, "server_cpu_s": round(cpu, 1),
             "server_cpu_ms_per_request": round(1000 * cpu / len(records), 1)}
 
 
