@@ -40,6 +40,10 @@ from grefel.models.serving import ServingModel, served_tta_flip
 if TYPE_CHECKING:
     import pandas
 
+# grefel reports an unreadable or truncated video itself, once: FFmpeg's own complaints ("moov atom not found")
+# stay out of the terminal, unless the user set the level. OpenCV reads it when its FFmpeg backend first
+# opens a file in the process, so it is set on import, before any capture.
+FFMPEG_QUIET = os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")   # -8: AV_LOG_QUIET
 IMAGE_EXTENSIONS = EXTENSIONS
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -55,8 +59,11 @@ class FaceResult:
     smoothed: dict[str, float] | None = None   # videos: the track's probabilities averaged over time
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready types: `json.dumps(face.to_dict())`."""
-        return asdict(self)
+        """Plain JSON-ready types: `json.dumps(face.to_dict())`; `track` and `smoothed` only for video faces."""
+        record = asdict(self)
+        if self.track is None:
+            del record["track"], record["smoothed"]
+        return record
 
     def __repr__(self) -> str:
         x, y, w, h = (round(v) for v in self.box)
@@ -75,7 +82,7 @@ class ImageResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready types, the faces included: `json.dumps(result.to_dict())`."""
-        return asdict(self)
+        return {**asdict(self), "faces": [face.to_dict() for face in self.faces]}
 
     def to_dataframe(self) -> pandas.DataFrame:
         """One row per face (pandas, the `pandas` extra); see `results_dataframe`."""
@@ -371,9 +378,7 @@ def _to(image: np.ndarray, color: str) -> np.ndarray:
 
 
 def open_video(path: str | os.PathLike) -> cv2.VideoCapture:
-    """An OpenCV capture of `path`, FFmpeg's own log quiet (unless the user set OPENCV_FFMPEG_LOGLEVEL):
-    grefel reports an unreadable or truncated video itself, once."""
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")   # AV_LOG_QUIET; read as each capture opens
+    """An OpenCV capture of `path` (FFmpeg's own log is quiet: see FFMPEG_QUIET)."""
     return cv2.VideoCapture(str(path))
 
 

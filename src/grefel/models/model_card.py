@@ -22,8 +22,8 @@ from grefel.models.registry import model_spec
 # One annotator's recall of each class on FERPlus valid: the share of votes for a class among the faces
 # whose other annotators' plurality is that class (`grefel evaluate` computes it from the votes;
 # tests/test_evaluation.py checks these against it). A reference for the model's recall, not a ceiling.
-ANNOTATOR_RECALL_FERPLUS_VALID = {"neutral": 0.7838, "happiness": 0.9278, "surprise": 0.7971, "sadness": 0.7037,
-                                  "anger": 0.7141, "disgust": 0.5769, "fear": 0.6172, "contempt": 0.5517}
+ANNOTATOR_RECALL_FERPLUS_VALID = {"neutral": 0.7838, "happiness": 0.9278, "surprise": 0.7967, "sadness": 0.7044,
+                                  "anger": 0.7144, "disgust": 0.5766, "fear": 0.6165, "contempt": 0.5517}
 
 
 def _pct(value: float) -> str:
