@@ -117,6 +117,11 @@ def test_calibrate_writes_a_temperature_that_lowers_nll(checkpoint, tmp_path):
     assert run("evaluate", "--checkpoint", str(target.with_suffix(".safetensors")), "--data-root",
                str(FERPLUS_ROOT), "--split", "valid", "--output-json", str(report), "--workers", "0").returncode == 0
     assert json.loads(report.read_text())["nll"] == pytest.approx(cal["nll_after"], rel=1e-6)
+    # Calibrated without the flip, the file is served without it (it was served with it before).
+    assert run("calibrate", "--checkpoint", str(target.with_suffix(".safetensors")), "--data-root", str(FERPLUS_ROOT),
+               "--no-tta-flip", "--workers", "0").returncode == 0
+    info = json.loads(target.with_suffix(".json").read_text())
+    assert info["tta_flip"] is False and info["calibration"]["tta_flip"] is False
 
 
 @pytest.mark.parametrize("mutate, message", [

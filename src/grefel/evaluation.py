@@ -148,7 +148,8 @@ def calibrate_checkpoint(scored: Scored, output: str | Path | None = None,
               "nll_before": nll(before, labels), "nll_after": nll(after, labels),
               "ece_before": expected_calibration_error(before, labels),
               "ece_after": expected_calibration_error(after, labels)}
-    info = {**info, "temperature": temperature,
+    # The file serves what was calibrated: `--no-tta-flip` (or `--tta-flip`) also sets how it is served.
+    info = {**info, "temperature": temperature, "tta_flip": scored.tta_flip,
             "calibration": {k: v for k, v in result.items() if k != "temperature"}}
     return result, update_checkpoint_info(scored.checkpoint, info, output)
 

@@ -37,7 +37,8 @@ def _common(parser: argparse.ArgumentParser, split_default: str) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="data loader worker processes")
     parser.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
-                        help="average each image with its mirror (default: as the checkpoint serves)")
+                        help="average each image with its mirror (default: as the checkpoint serves); calibrate "
+                             "stores it as the file's served setting")
     add_device_argument(parser)
 
 
