@@ -122,7 +122,7 @@ async def send(client: httpx.AsyncClient, kind: str, photo: bytes, payloads: dic
 
 async def load(url: str, pid: int, plan: list[tuple[str, int]], photos: list[bytes], concurrency: int,
                max_upload_mb: float) -> dict:
-    payloads = {"oversized": photos[0] + bytes(int(max_upload_mb * 1e6) + 1_000_000),
+    payloads = {"oversized": photos[0] + bytes(int(max_upload_mb * 1024 * 1024) + 1_000_000),   # the limit is MiB
                 "not_image": b"plain text, not a photo\n" * 40, "bomb": bomb_png()}
     records: list[tuple[str, int | str, float]] = []
     rss = {"start": rss_mb(pid)}
