@@ -33,7 +33,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
     parser.add_argument("--amp", help="mixed precision: bf16, fp16 or off (default off). bf16 pays on GPUs and on "
-                                      "CPUs with bf16 units (Intel AMX: cnn_baseline steps 2.3x faster, "
+                                      "CPUs with bf16 units (Intel AMX: cnn_baseline steps 2.2x faster, "
                                       "benchmarks/bench_models.py --amp); without them it is slower")
     parser.add_argument("--wandb", help="Weights & Biases: online, offline or off (default: online if an API "
                                         "key is configured, else offline; never blocks without network)")
