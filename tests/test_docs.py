@@ -90,6 +90,14 @@ def test_the_readme_stays_short_and_names_its_two_setup_commands():
     assert "make demo" in readme and "make test" in readme and "make test" in (REPO_ROOT / ".ci/run").read_text()
 
 
+def test_make_demo_installs_only_what_the_demo_needs():
+    """`make demo` installs grefel with ONNX Runtime, not the dev extra (pytest, the browser driver, wandb...)."""
+    dry = subprocess.run(["make", "-n", "demo", "VENV=/nonexistent/venv"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=60)
+    installs = [line for line in dry.stdout.splitlines() if "pip install" in line and "-e" in line]
+    assert dry.returncode == 0 and installs and all("'.[onnx]'" in line for line in installs), dry.stdout
+
+
 def test_the_cheap_commands_run(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)
     assert main(["predict", "examples/astronaut.png"]) == 0
