@@ -102,7 +102,7 @@ def test_json_output_is_one_record_a_line(tmp_path, capsys):
 def test_tta_flip_averages_the_face_and_its_mirror():
     """With the flip, a face's probabilities are those of the face and of its mirror, combined as the
     checkpoint serves them; --no-tta-flip (tta_flip=False) scores the face alone."""
-    flip, plain = Recognizer(detect=False), Recognizer(detect=False, tta_flip=False)
+    flip, plain = Recognizer(detect=False, tta_flip=True), Recognizer(detect=False, tta_flip=False)
     assert flip.tta_flip and not plain.tta_flip and flip.info["serve"] == "primary"
     faces = [cv2.imread(str(FERPLUS_ROOT / "FER2013Valid" / f"fer0028{i}.png"), cv2.IMREAD_GRAYSCALE)
              for i in range(638, 644)]
