@@ -305,6 +305,32 @@ def test_resume_never_loses_a_finished_row(tmp_path, capsys):
             assert output.read_bytes() == data
 
 
+def test_csv_rows_are_the_dataframe_rows_rounded(tmp_path):
+    pandas = pytest.importorskip("pandas")
+    from grefel.inference.output import open_writer
+    from grefel.inference.recognizer import FaceResult, ImageResult, results_dataframe
+
+    classes = ["happiness", "sadness"]
+    face = FaceResult([1.234567, 2.0, 30.5, 40.25], 0.9876543, "happiness", 0.7123456,
+                      {"happiness": 0.7123456, "sadness": 0.2876544}, track=3,
+                      smoothed={"happiness": 0.61, "sadness": 0.39})
+    results = [ImageResult("clip.mp4", 64, 48, [face, face], frame=5, time=0.2000004),
+               ImageResult("clip.mp4", 64, 48, [], frame=6, time=0.24),
+               ImageResult("a.png", 64, 48, [FaceResult([0.0, 0.0, 64.0, 48.0], 1.0, "sadness", 0.6,
+                                                        {"happiness": 0.4, "sadness": 0.6})])]
+    writer, _ = open_writer(tmp_path / "r.csv", classes, resume=False, echo=print)
+    for result in results:
+        writer.write(result)
+    writer.close()
+    written = pandas.read_csv(tmp_path / "r.csv")
+    frame = results_dataframe(results)
+    assert list(written.columns) == list(frame.columns)
+    assert written.faces.tolist() == [2, 2, 0, 1] and written.face.isna().tolist() == [False, False, True, False]
+    faces = written[written.faces > 0].reset_index(drop=True)
+    assert faces.x.tolist() == [1.23, 1.23, 0.0] and faces.time.tolist()[0] == 0.2
+    pandas.testing.assert_frame_equal(faces, frame, check_dtype=False, atol=5e-3)
+
+
 def test_nothing_predicted_writes_no_file_and_no_library_noise(tmp_path, capfd):
     """All inputs skipped: no empty output is left, an earlier file is not replaced, and FFmpeg's own
     complaint about a zero-byte video stays out of the terminal (grefel says it once)."""

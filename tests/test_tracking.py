@@ -155,7 +155,7 @@ def test_real_video_two_people_cross_one_leaves_and_comes_back_then_a_cut(tmp_pa
     assert [t["track"] for t in summary["tracks"]] == sorted({her, them})
     assert summary["tracks"][her - 1]["frames"] == 45 and abs(summary["frame_interval_s"] - 0.04) < 1e-6
     frame = tracks.to_dataframe()
-    assert list(frame.columns[:6]) == ["source", "frame", "time", "face", "track", "x"]
+    assert list(frame.columns[:7]) == ["source", "frame", "time", "faces", "face", "track", "x"]
     assert len(frame) == 30 * 2 + 20 + 15 * 2 + 10 and set(frame.track) == {her, them}
 
 

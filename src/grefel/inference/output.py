@@ -27,11 +27,13 @@ import numpy as np
 
 from grefel.errors import ConfigError, DataError
 from grefel.fileio import atomic_open, atomic_write_bytes, atomic_write_text
-from grefel.inference.recognizer import FaceResult, ImageResult
+from grefel.inference.recognizer import FaceResult, ImageResult, face_rows, row_columns
 
 OUTPUT_SUFFIXES = (".json", ".jsonl", ".csv")
 RESUMABLE_SUFFIXES = (".jsonl", ".csv")
-FACE_COLUMNS = ("faces", "face", "track", "x", "y", "w", "h", "score", "label", "confidence")  # faces: in this image
+# Stored values: pixels to 0.01, seconds to 1e-4 (CSV), scores and probabilities to 1e-6, well inside any tolerance.
+PIXEL_DIGITS, TIME_DIGITS, SCORE_DIGITS = 2, 4, 6
+CSV_DIGITS = {"time": TIME_DIGITS, "x": PIXEL_DIGITS, "y": PIXEL_DIGITS, "w": PIXEL_DIGITS, "h": PIXEL_DIGITS}
 
 Key = tuple[str, int | None]   # (source, frame); frame is None for images
 
@@ -50,15 +52,16 @@ def check_output_path(path: str | os.PathLike, resume: bool) -> Path:
 
 
 def face_record(face: FaceResult) -> dict[str, Any]:
-    """One face as stored: pixels to 0.01, scores and probabilities to 1e-6 (well inside any tolerance);
-    video faces also carry their track id and smoothed probabilities."""
-    record = {"box": [round(v, 2) for v in face.box], "score": round(face.score, 6), "label": face.label,
-              "confidence": round(face.confidence, 6),
-              "probabilities": {c: round(p, 6) for c, p in face.probabilities.items()},
-              "landmarks": [[round(v, 2) for v in point] for point in face.landmarks] if face.landmarks else None}
+    """One face as stored (rounded: see PIXEL_DIGITS); video faces also carry their track id and smoothed
+    probabilities."""
+    record = {"box": [round(v, PIXEL_DIGITS) for v in face.box], "score": round(face.score, SCORE_DIGITS),
+              "label": face.label, "confidence": round(face.confidence, SCORE_DIGITS),
+              "probabilities": {c: round(p, SCORE_DIGITS) for c, p in face.probabilities.items()},
+              "landmarks": ([[round(v, PIXEL_DIGITS) for v in point] for point in face.landmarks]
+                            if face.landmarks else None)}
     if face.track is not None:
         record["track"] = face.track
-        record["smoothed"] = {c: round(p, 6) for c, p in face.smoothed.items()}
+        record["smoothed"] = {c: round(p, SCORE_DIGITS) for c, p in face.smoothed.items()}
     return record
 
 
@@ -145,25 +148,17 @@ class CsvWriter(_AppendWriter):
         self.classes = classes
 
     def write(self, result: ImageResult) -> None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        frame = "" if result.frame is None else result.frame
-        time = "" if result.time is None else round(result.time, 4)
-        faces = len(result.faces)
-        for i, face in enumerate(result.faces, 1):
-            r = face_record(face)
-            smoothed = [r["smoothed"][c] for c in self.classes] if "smoothed" in r else [""] * len(self.classes)
-            writer.writerow([result.source, frame, time, faces, i, r.get("track", ""), *r["box"], r["score"],
-                             r["label"], r["confidence"], *(r["probabilities"][c] for c in self.classes), *smoothed])
-        if not faces:
-            writer.writerow([result.source, frame, time, 0] + [""] * (len(FACE_COLUMNS) - 1 + 2 * len(self.classes)))
-        self._append(buffer.getvalue())
+        columns = row_columns(self.classes)
+        # An image without faces gets a row too (faces 0), so --resume counts it as done.
+        rows = face_rows(result, self.classes) or [[result.source, result.frame, result.time, 0]
+                                                   + [None] * (len(columns) - 4)]
+        self._append(_csv_text([[_csv_value(c, v) for c, v in zip(columns, row)] for row in rows]))
 
 
-def csv_header(classes: list[str]) -> list[str]:
-    """source, frame, time, the face columns, p_<class> (probabilities), s_<class> (a video track's smoothed
-    probabilities)."""
-    return ["source", "frame", "time", *FACE_COLUMNS, *(f"p_{c}" for c in classes), *(f"s_{c}" for c in classes)]
+def _csv_value(column: str, value: Any) -> Any:
+    if value is None:
+        return ""
+    return round(value, CSV_DIGITS.get(column, SCORE_DIGITS)) if isinstance(value, float) else value
 
 
 def open_writer(path: Path | None, classes: list[str], resume: bool,
@@ -175,7 +170,7 @@ def open_writer(path: Path | None, classes: list[str], resume: bool,
     if suffix == ".json":
         return JsonWriter(path), set()
     done: set[Key] = set()
-    start = _csv_text([csv_header(classes)]) if suffix == ".csv" else ""
+    start = _csv_text([row_columns(classes)]) if suffix == ".csv" else ""
     if resume and path.is_file():
         done = _resume_jsonl(path) if suffix == ".jsonl" else _resume_csv(path, classes)
         start = None
@@ -211,10 +206,10 @@ def _resume_csv(path: Path, classes: list[str]) -> set[Key]:
     complete, text = _complete_text(path)
     rows = list(csv.reader(io.StringIO(complete)))
     if not rows:        # cut inside the header: nothing was done
-        atomic_write_text(path, _csv_text([csv_header(classes)]))
+        atomic_write_text(path, _csv_text([row_columns(classes)]))
         return set()
-    if rows[0] != csv_header(classes):
-        raise DataError(f"{path}: header is not {','.join(csv_header(classes))} (another model's classes, a CSV "
+    if rows[0] != row_columns(classes):
+        raise DataError(f"{path}: header is not {','.join(row_columns(classes))} (another model's classes, a CSV "
                         f"of an earlier grefel without the faces column, or not a grefel predict CSV); cannot "
                         f"resume from it")
     keys, faces = [], []

@@ -96,26 +96,37 @@ class ImageResult:
         return f"ImageResult({where} {self.width}x{self.height}, {count}{': ' + faces if faces else ''})"
 
 
+def row_columns(classes: list[str]) -> list[str]:
+    """The columns of a result flattened to rows: source, frame, time, the face columns, p_<class>
+    (probabilities), s_<class> (a video track's smoothed probabilities); faces: how many the image has."""
+    return ["source", "frame", "time", "faces", "face", "track", "x", "y", "w", "h", "score", "label", "confidence",
+            *(f"p_{c}" for c in classes), *(f"s_{c}" for c in classes)]
+
+
+def face_rows(result: ImageResult, classes: list[str]) -> list[list[Any]]:
+    """`result` as rows in `row_columns(classes)` order, one per face, at full precision; None where a field
+    does not apply (a photo's frame, time, track and smoothed probabilities). No face: no row."""
+    rows = []
+    for number, face in enumerate(result.faces, 1):
+        smoothed = [face.smoothed[c] for c in classes] if face.smoothed else [None] * len(classes)
+        rows.append([result.source, result.frame, result.time, len(result.faces), number, face.track, *face.box,
+                     face.score, face.label, face.confidence, *(face.probabilities[c] for c in classes), *smoothed])
+    return rows
+
+
 def results_dataframe(results: Iterable[ImageResult]) -> pandas.DataFrame:
-    """One row per face of `results` (pandas, the `pandas` extra): source, frame, time, face, track,
-    x, y, w, h, score, label, confidence, then p_<class> (probabilities) and s_<class> (a video track's
-    smoothed probabilities; empty for photos)."""
+    """One row per face of `results` (pandas, the `pandas` extra), in the columns of `row_columns`, as
+    `grefel predict --output r.csv` writes them (there rounded, and with a row for an image without faces)."""
     try:
         import pandas
     except ImportError:
         raise ConfigError("to_dataframe needs pandas: pip install 'grefel[pandas]'") from None
-    rows, classes = [], None
+    rows, classes = [], []
     for result in results:
-        for number, face in enumerate(result.faces, 1):
-            classes = classes or list(face.probabilities)
-            rows.append({"source": result.source, "frame": result.frame, "time": result.time, "face": number,
-                         "track": face.track, **dict(zip("xywh", face.box)), "score": face.score,
-                         "label": face.label, "confidence": face.confidence,
-                         **{f"p_{c}": v for c, v in face.probabilities.items()},
-                         **{f"s_{c}": v for c, v in (face.smoothed or {}).items()}})
-    columns = ["source", "frame", "time", "face", "track", "x", "y", "w", "h", "score", "label", "confidence"]
-    columns += [f"{k}_{c}" for k in "ps" for c in (classes or [])]
-    return pandas.DataFrame(rows, columns=columns)
+        if result.faces and not classes:
+            classes = list(result.faces[0].probabilities)
+        rows += face_rows(result, classes)
+    return pandas.DataFrame(rows, columns=row_columns(classes))
 
 
 def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
