@@ -589,3 +589,14 @@ def test_a_teacher_is_asked_about_the_very_view_the_student_is_trained_on():
     for batch, student, taught, target in zip(loader, seen["student"], seen["teacher"], seen["target"]):
         assert torch.equal(student, taught)
         torch.testing.assert_close(target, 0.7 * batch["target"] + 0.3 * teacher_probs)
+
+
+def test_mixed_precision_this_cpu_emulates_is_pointed_out(tmp_path, capsys, monkeypatch):
+    from grefel.engine import loops
+
+    monkeypatch.setattr(loops, "cpu_has_units", lambda mode: False)
+    train(load_config(str(tiny_config(tmp_path, amp="bf16", epochs=1)), []), tmp_path / "run")
+    assert "has no bf16 units, so --amp bf16 runs in software" in capsys.readouterr().out
+    assert loops.slow_autocast_note("off", "cpu") is None and loops.slow_autocast_note("bf16", "cuda") is None
+    monkeypatch.setattr(loops, "cpu_has_units", lambda mode: True)
+    assert loops.slow_autocast_note("bf16", "cpu") is None

@@ -53,6 +53,22 @@ class Amp:
         return torch.autocast(self.device_type, dtype=dtype)
 
 
+def cpu_has_units(mode: str) -> bool:
+    """Whether oneDNN runs `mode` ("bf16" or "fp16") autocast on this CPU in hardware (AVX512-BF16, AMX);
+    without such units it emulates it."""
+    check = getattr(torch.ops.mkldnn, f"_is_mkldnn_{mode}_supported", None)
+    return check is None or bool(check())
+
+
+def slow_autocast_note(mode: str, device_type: str) -> str | None:
+    """A note for mixed precision that this CPU emulates: cnn_baseline's training step measured 17x slower
+    under bf16 than in float32 on an AVX2 CPU (9.8 against 164 images/s, benchmarks/bench_models.py --amp)."""
+    if device_type != "cpu" or mode == "off" or cpu_has_units(mode):
+        return None
+    return (f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no {mode} units, so --amp {mode} runs "
+            f"in software, several times slower than float32 here; --amp off is faster")
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The model itself, under torch.compile's and DistributedDataParallel's wrappers."""
     model = getattr(model, "_orig_mod", model)  # torch.compile

@@ -45,7 +45,7 @@ from grefel.engine.distributed import (
     shutdown_distributed,
 )
 from grefel.engine.frozen_cache import FrozenMapCache
-from grefel.engine.loops import Amp, evaluate, train_one_epoch, unwrap
+from grefel.engine.loops import Amp, evaluate, slow_autocast_note, train_one_epoch, unwrap
 from grefel.engine.losses import GReFELLoss
 from grefel.engine.optim import build_ema, build_optimizer, build_scheduler
 from grefel.engine.tracking import RunLogger
@@ -342,6 +342,8 @@ def train(cfg: TrainConfig, out: Path, *, resume: bool = False, overwrite: bool 
                 print(f"note: {cfg.model} is sized for GPUs; on a CPU an epoch can take hours (the progress line "
                       f"gives the speed and the time left). CPU-sized presets: cnn_baseline, grefel_small "
                       f"(`grefel model presets`)", flush=True)
+            if note := slow_autocast_note(cfg.amp, device.type):
+                print(note, flush=True)
         class_names = list(CANONICAL_CLASSES[:mcfg.num_classes])
 
         for epoch in range(start_epoch, cfg.epochs + 1):
