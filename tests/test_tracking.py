@@ -195,3 +195,32 @@ def test_video_options_are_checked_in_one_line(argv, message, capsys):
     assert main(["predict", str(PHOTOS_DIR / "astronaut.png"), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_resumed_video_continues_the_track_ids_of_its_output(tmp_path, people, capsys, suffix):
+    """Tracking starts again where a run resumes; its new tracks take ids after those already written, so one
+    id never names two people in a file."""
+    astronaut, other = people
+    frames = []
+    for i in range(50):              # her alone for 1 s, then the other person alone, elsewhere in the frame
+        canvas = np.full((480, 640, 3), 60, np.uint8)
+        paste(canvas, astronaut, 20, 40) if i < 25 else paste(canvas, other, 400, 200)
+        frames.append(canvas)
+    video = write(tmp_path / "clip.mp4", frames)
+    output = tmp_path / f"r{suffix}"
+
+    def tracks() -> list[int]:     # the track of each row with a face, in order
+        if suffix == ".jsonl":
+            return [f["track"] for line in output.read_text().splitlines() for f in json.loads(line)["faces"]]
+        return [int(row.split(",")[5]) for row in output.read_text().splitlines()[1:]]
+
+    assert main(["predict", str(video), "--fps", "5", "--output", str(output)]) == 0
+    full = tracks()
+    assert full == [1] * 5 + [2] * 5
+    lines = output.read_text().splitlines(keepends=True)
+    header = 1 if suffix == ".csv" else 0
+    for done, expected in ((5, full), (7, [1] * 5 + [2] * 2 + [3] * 3)):
+        output.write_text("".join(lines[:header + done]))          # stopped after `done` frames
+        assert main(["predict", str(video), "--fps", "5", "--output", str(output), "--resume"]) == 0
+        assert tracks() == expected, capsys.readouterr().err

@@ -213,11 +213,11 @@ def run(args: argparse.Namespace) -> int:
         warnings.showwarning = lambda message, *_, **__: progress.write(f"grefel predict: warning: {message}",
                                                                         sys.stderr)
         try:
-            writer, done = open_writer(output, recognizer.classes, args.resume,
-                                       lambda line: progress.write(line, sys.stdout))
+            writer, resumed = open_writer(output, recognizer.classes, args.resume,
+                                          lambda line: progress.write(line, sys.stdout))
             pending: deque[tuple[int, np.ndarray | None]] = deque()
-            for result in recognizer.predict_entries(_entries(jobs, done, args.every, args.fps, targets, pending,
-                                                              tally, progress)):
+            entries = _entries(jobs, resumed.done, args.every, args.fps, targets, pending, tally, progress)
+            for result in recognizer.predict_entries(entries, first_track=resumed.first_tracks()):
                 i, image = pending.popleft()
                 writer.write(result)
                 tally.add(result)

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, TextIO
 
@@ -161,20 +162,37 @@ def _csv_value(column: str, value: Any) -> Any:
     return round(value, CSV_DIGITS.get(column, SCORE_DIGITS)) if isinstance(value, float) else value
 
 
+@dataclass
+class Resumed:
+    """What a --resume output already holds: the (source, frame) keys done, and each video's highest track
+    id, so that the run continues the ids rather than give a new person one already used."""
+    done: set[Key] = field(default_factory=set)
+    last_track: dict[str, int] = field(default_factory=dict)
+
+    def add(self, source: str, frame: int | None, track: int | None) -> None:
+        self.done.add((source, frame))
+        if track is not None:
+            self.last_track[source] = max(track, self.last_track.get(source, 0))
+
+    def first_tracks(self) -> dict[str, int]:
+        """The id each video's next new track gets."""
+        return {source: last + 1 for source, last in self.last_track.items()}
+
+
 def open_writer(path: Path | None, classes: list[str], resume: bool,
-                echo: Callable[[str], None]) -> tuple[ResultWriter, set[Key]]:
-    """(writer, keys already done). Without --resume an existing file is replaced."""
+                echo: Callable[[str], None]) -> tuple[ResultWriter, Resumed]:
+    """(writer, what the file already holds). Without --resume an existing file is replaced."""
     if path is None:
-        return ConsoleWriter(echo), set()
+        return ConsoleWriter(echo), Resumed()
     suffix = path.suffix.lower()
     if suffix == ".json":
-        return JsonWriter(path), set()
-    done: set[Key] = set()
+        return JsonWriter(path), Resumed()
+    resumed = Resumed()
     start = _csv_text([row_columns(classes)]) if suffix == ".csv" else ""
     if resume and path.is_file():
-        done = _resume_jsonl(path) if suffix == ".jsonl" else _resume_csv(path, classes)
+        resumed = _resume_jsonl(path) if suffix == ".jsonl" else _resume_csv(path, classes)
         start = None
-    return (JsonlWriter(path, start) if suffix == ".jsonl" else CsvWriter(path, classes, start)), done
+    return (JsonlWriter(path, start) if suffix == ".jsonl" else CsvWriter(path, classes, start)), resumed
 
 
 def _complete_text(path: Path) -> tuple[str, str]:
@@ -187,41 +205,43 @@ def _complete_text(path: Path) -> tuple[str, str]:
     return text[:text.rfind("\n") + 1], text
 
 
-def _resume_jsonl(path: Path) -> set[Key]:
+def _resume_jsonl(path: Path) -> Resumed:
     complete, text = _complete_text(path)
-    done = set()
+    resumed = Resumed()
     for number, line in enumerate(complete.splitlines(), 1):
         try:
             record = json.loads(line)
-            done.add((record["source"], record["frame"]))
-        except (json.JSONDecodeError, TypeError, KeyError):
-            raise DataError(f"{path} line {number}: not a grefel predict record (JSON with source and frame); "
-                            f"cannot resume from this file") from None
+            for face in record["faces"] or [{}]:
+                resumed.add(record["source"], record["frame"], face.get("track"))
+        except (json.JSONDecodeError, TypeError, KeyError, AttributeError):
+            raise DataError(f"{path} line {number}: not a grefel predict record (JSON with source, frame and "
+                            f"faces); cannot resume from this file") from None
     if complete != text:
         atomic_write_text(path, complete)
-    return done
+    return resumed
 
 
-def _resume_csv(path: Path, classes: list[str]) -> set[Key]:
+def _resume_csv(path: Path, classes: list[str]) -> Resumed:
     complete, text = _complete_text(path)
     rows = list(csv.reader(io.StringIO(complete)))
     if not rows:        # cut inside the header: nothing was done
         atomic_write_text(path, _csv_text([row_columns(classes)]))
-        return set()
+        return Resumed()
     if rows[0] != row_columns(classes):
         raise DataError(f"{path}: header is not {','.join(row_columns(classes))} (another model's classes, a CSV "
                         f"of an earlier grefel without the faces column, or not a grefel predict CSV); cannot "
                         f"resume from it")
-    keys, faces = [], []
+    keys, faces, tracks = [], [], []
     for number, row in enumerate(rows[1:], 2):
         if len(row) != len(rows[0]):
             raise DataError(f"{path} line {number}: {len(row)} fields, expected {len(rows[0])}; cannot resume")
         try:
             keys.append((row[0], int(row[1]) if row[1] else None))
             faces.append(int(row[3]))
+            tracks.append(int(row[5]) if row[5] else None)
         except ValueError:
-            raise DataError(f"{path} line {number}: frame {row[1]!r} or faces {row[3]!r} is not an integer; "
-                            f"cannot resume") from None
+            raise DataError(f"{path} line {number}: frame {row[1]!r}, faces {row[3]!r} or track {row[5]!r} is "
+                            f"not an integer; cannot resume") from None
     # An image's rows are consecutive; the last image's are complete when they are as many as its faces
     # (one row for none). Only then is it done: rows cut short are redone, finished ones never.
     kept = len(keys)
@@ -231,7 +251,10 @@ def _resume_csv(path: Path, classes: list[str]) -> set[Key]:
         kept = len(keys)
     if kept < len(keys) or complete != text:
         atomic_write_text(path, _csv_text(rows[:kept + 1]))
-    return set(keys[:kept])
+    resumed = Resumed()
+    for (source, frame), track in zip(keys[:kept], tracks):
+        resumed.add(source, frame, track)
+    return resumed
 
 
 def _csv_text(rows: list[list[Any]]) -> str:

@@ -16,7 +16,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence, Union
 
 import cv2
 import numpy as np
@@ -340,11 +340,12 @@ class Recognizer:
         timeline(), to_dataframe())."""
         return VideoTracks(str(path), self.classes, list(self.predict_video(path, every, fps)))
 
-    def predict_entries(self, entries: Iterable[tuple[str, np.ndarray, int | None, float | None]]
-                        ) -> Iterator[ImageResult]:
+    def predict_entries(self, entries: Iterable[tuple[str, np.ndarray, int | None, float | None]],
+                        first_track: Mapping[str, int] | None = None) -> Iterator[ImageResult]:
         """(source, RGB image, frame index or None, time in seconds or None) -> results in order; faces
         are batched across entries. Consecutive frames of one source are a video: their faces are tracked
-        (`FaceResult.track`, `FaceResult.smoothed`; grefel.inference.tracking), from its first frame given.
+        (`FaceResult.track`, `FaceResult.smoothed`; grefel.inference.tracking), from its first frame given,
+        with ids from `first_track[source]` (default 1).
 
         For callers that read images themselves (to skip unreadable files, or keep
         frames for drawing): `entries` is consumed lazily, a batch at a time.
@@ -361,7 +362,8 @@ class Recognizer:
             tracks, smoother = None, None
             if frame is not None and self.detector is not None:
                 if video is None or video[0] != source:
-                    video = (source, FaceTracker(self.identity_descriptors), TrackSmoother(self.smooth))
+                    tracker = FaceTracker(self.identity_descriptors, first_id=(first_track or {}).get(source, 1))
+                    video = (source, tracker, TrackSmoother(self.smooth))
                 tracks, smoother = video[1].update(image, faces, time), video[2]
             pending.append((source, image.shape, faces, [c for _, c in pairs], frame, time, tracks, smoother))
             waiting += len(pairs)

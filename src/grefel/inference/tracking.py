@@ -85,15 +85,16 @@ class FaceTracker:
     """Track ids for the faces of one video's frames, in order (see the module docstring).
 
     `embed(image, faces)` gives the (N, 128) dlib descriptors of those faces of the frame; it is called
-    only when overlap cannot decide. `embeddings` counts the faces it embedded."""
+    only when overlap cannot decide. `embeddings` counts the faces it embedded. Ids count from `first_id`
+    (a resumed run continues after the ids already written)."""
 
     def __init__(self, embed: Callable[[np.ndarray, Sequence[Face]], np.ndarray],
-                 config: TrackerConfig = TrackerConfig()):
+                 config: TrackerConfig = TrackerConfig(), first_id: int = 1):
         self.embed, self.config = embed, config
         self.tracks: list[Track] = []
         self.embeddings = 0
         self._previous: np.ndarray | None = None
-        self._next_id = 1
+        self._next_id = first_id
 
     def update(self, image: np.ndarray, faces: Sequence[Face], time: float) -> list[int]:
         """The track id of each face of this frame (taken at `time` seconds), in order."""
