@@ -448,6 +448,35 @@ def test_cnn_ensemble_averages_its_members_logits_and_round_trips_through_a_mode
     assert (member()["accuracy"], member()["ece"], member()["figures"]) == (0.35, 0.01, "calibration (valid)")
 
 
+def test_a_member_of_an_ensemble_comes_back_as_its_own_model_file(tmp_path, capsys):
+    from grefel.commands import main
+    from grefel.models import build_from_checkpoint, ensemble_member
+
+    members = [_cnn_file(tmp_path / f"m{i}", seed=i) for i in range(3)]
+    paths = [str(tmp_path / f"m{i}.safetensors") for i in range(3)]
+    assert main(["model", "ensemble", *paths, "--output", str(tmp_path / "ens")]) == 0
+    x = batch_for(members[0], 5)
+    for index in (1, 3):
+        assert main(["model", "member", str(tmp_path / "ens.safetensors"), "--index", str(index),
+                     "--output", str(tmp_path / f"back{index}")]) == 0
+        back, info = build_from_checkpoint(tmp_path / f"back{index}.safetensors")
+        with torch.no_grad():
+            torch.testing.assert_close(back(x).logits, members[index - 1](x).logits)
+        assert info["preset"] == "cnn_baseline" and info["temperature"] == 1.0
+        assert info["member_of"]["member"] == index and info["member_of"]["of"] == 3
+        assert info["training"]["data"]["train_class_counts"] == [9, 8, 7, 6, 5, 1, 2, 1]
+    # Members taken out make the same ensemble again.
+    again, _ = ensemble_from_checkpoints([str(tmp_path / f"back{i}.safetensors") for i in (1, 3)])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, (members[0](x).logits + members[2](x).logits) / 2)
+    capsys.readouterr()
+    assert main(["model", "member", str(tmp_path / "ens.safetensors"), "--index", "4", "--output",
+                 str(tmp_path / "x")]) == 2
+    assert "member 4: " in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="a cnn_baseline model file, not an ensemble"):
+        ensemble_member(paths[0], 1)
+
+
 def test_cnn_ensemble_refuses_members_that_do_not_match(tmp_path):
     _cnn_file(tmp_path / "a", seed=0)
     _cnn_file(tmp_path / "wide", seed=1, widths=(8, 16, 16, 64))

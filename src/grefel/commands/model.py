@@ -47,6 +47,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ensemble.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more cnn_baseline model files")
     ensemble.add_argument("--output", required=True, help="where to write it (X.safetensors + X.json)")
     ensemble.set_defaults(func=run_ensemble)
+    member = sub.add_parser("member", help="one member of an ensemble model file as a model file of its own "
+                                           "(to serve alone, fine-tune with init_from, or compare)")
+    member.add_argument("checkpoint", metavar="CHECKPOINT", help="a cnn_ensemble model file (X.safetensors)")
+    member.add_argument("--index", type=int, required=True, help="which member, from 1")
+    member.add_argument("--output", required=True, help="where to write it (X.safetensors + X.json)")
+    member.set_defaults(func=run_member)
     refit = sub.add_parser("refit", help="re-fit a model file's linear classifier(s) on its frozen features of the "
                                          "training split (logistic regression, C cross-validated); calibrate it next",
                            description="Re-fit the linear classifier of a cnn_baseline model file (each member's, for "
@@ -119,6 +125,18 @@ def run_ensemble(args: argparse.Namespace) -> int:
     stem = checkpoint_paths(args.output)
     save_model_checkpoint(stem, model, info)         # atomic writes; the folder is made if missing
     print(f"{stem}.safetensors: {len(args.checkpoints)} members; temperature 1 until you run "
+          f"`grefel calibrate --checkpoint {stem}.safetensors --data-root ...`")
+    return 0
+
+
+def run_member(args: argparse.Namespace) -> int:
+    from grefel.models import ensemble_member
+    from grefel.models.model_file import checkpoint_paths, save_model_checkpoint
+
+    model, info = ensemble_member(args.checkpoint, args.index)
+    stem = checkpoint_paths(args.output)
+    save_model_checkpoint(stem, model, info)
+    print(f"{stem}.safetensors: member {args.index} of {args.checkpoint}; temperature 1 until you run "
           f"`grefel calibrate --checkpoint {stem}.safetensors --data-root ...`")
     return 0
 

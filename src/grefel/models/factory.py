@@ -82,6 +82,26 @@ def ensemble_from_checkpoints(paths: Sequence[str | os.PathLike], preset: str = 
     return model.eval(), info
 
 
+def ensemble_member(path: str | os.PathLike, index: int) -> tuple[nn.Module, dict[str, Any]]:
+    """Member `index` (from 1) of an ensemble model file as a model of its own, and the info of its model
+    file: the ensemble's inference contract, the member's provenance, temperature 1 and no logit adjustment
+    (calibrate it). The inverse of `ensemble_from_checkpoints`, weights and all (a re-fitted head included)."""
+    model, info = build_from_checkpoint(path)
+    members = getattr(model, "members", None)
+    if members is None:
+        raise ConfigError(f"{path}: a {info['preset']} model file, not an ensemble")
+    if not 1 <= index <= len(members):
+        raise ConfigError(f"member {index}: {path} has members 1 to {len(members)}")
+    member = members[index - 1]
+    record = (info.get("ensemble") or [{}] * len(members))[index - 1]
+    member_info = {k: info[k] for k in _ENSEMBLE_SHARED if k in info}
+    member_info.update(preset=model.member_preset, model=to_dict(member.config), temperature=1.0,
+                       training={**(record.get("training") or {}), "data": info.get("training", {}).get("data", {})},
+                       member_of={"path": str(path), "weights_sha256": info.get("weights_sha256"), "member": index,
+                                  "of": len(members)})
+    return member.eval(), member_info
+
+
 def create_model(name: str | None = None, *, pretrained: bool | Mapping[str, str | Path | None] = True,
                  checkpoint: str | os.PathLike | None = None, log: Callable[[str], None] | None = None,
                  **overrides: Any) -> nn.Module:
