@@ -146,14 +146,13 @@ class JsonlWriter(_AppendWriter):
 class CsvWriter(_AppendWriter):
     def __init__(self, path: Path, classes: list[str], start: str | None):
         super().__init__(path, start)
-        self.classes = classes
+        self.classes, self.columns = classes, row_columns(classes)
 
     def write(self, result: ImageResult) -> None:
-        columns = row_columns(self.classes)
         # An image without faces gets a row too (faces 0), so --resume counts it as done.
         rows = face_rows(result, self.classes) or [[result.source, result.frame, result.time, 0]
-                                                   + [None] * (len(columns) - 4)]
-        self._append(_csv_text([[_csv_value(c, v) for c, v in zip(columns, row)] for row in rows]))
+                                                   + [None] * (len(self.columns) - 4)]
+        self._append(_csv_text([[_csv_value(c, v) for c, v in zip(self.columns, row)] for row in rows]))
 
 
 def _csv_value(column: str, value: Any) -> Any:
